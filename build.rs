@@ -1,0 +1,19 @@
+//! Stamps the binary with the source revision for `enawatch_build_info`.
+
+use std::process::Command;
+
+fn main() {
+    // An explicit revision wins (release builds, the Dockerfile, source tarballs).
+    let revision = std::env::var("ENAWATCH_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
+        let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    println!("cargo:rustc-env=ENAWATCH_REVISION={}", revision.as_deref().unwrap_or("unknown"));
+    println!("cargo:rerun-if-env-changed=ENAWATCH_REVISION");
+    // Rebuild when HEAD moves (a commit or a checkout), not on every file change.
+    for path in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+}

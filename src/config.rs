@@ -1,0 +1,428 @@
+//! Configuration: one set of settings, given in a YAML file, as flags, or both (flags win).
+//!
+//! [`Settings`] is both the flag set of `enawatch serve` and the schema of the config file,
+//! so the two cannot drift; its doc comments are the `--help` text and the README's
+//! configuration reference (`enawatch docs config` prints it; a test keeps the README equal).
+//! Values stay strings until [`Settings::resolve`], which checks each one and names the
+//! field and the bad value in every error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+
+use crate::metrics::Compat;
+
+/// Settings of `enawatch serve`, as flags and as fields of the YAML config file.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port to serve HTTP on. Default: 0.0.0.0:9417.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Time between two samples: 100ms or more. Below 1s, each read of an ENA device is an
+    /// admin-queue command to the device, so the agent warns. Default: 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+
+    /// How much history to keep in memory, per device, at full resolution. Default: 15m.
+    #[arg(long, value_name = "DURATION")]
+    pub history: Option<String>,
+
+    /// How often to look for interfaces that appeared. Default: 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub rediscover_interval: Option<String>,
+
+    /// Watch the interfaces whose name matches this regex, whatever their driver, instead of
+    /// the default: every interface whose driver is `ena`.
+    #[arg(long, value_name = "REGEX")]
+    pub device_include: Option<String>,
+
+    /// Never watch the interfaces whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub device_exclude: Option<String>,
+
+    /// ENI id of an interface, for the `eni` label where no `eni-…` altname supplies it:
+    /// `DEVICE=ENI` on the command line (repeatable), a map in the file.
+    #[arg(long = "eni", value_name = "DEVICE=ENI", value_parser = parse_eni_flag)]
+    #[serde(default, deserialize_with = "eni_map")]
+    pub eni: Vec<(String, String)>,
+
+    /// Compatibility families to add to `/metrics`, comma-separated: `showmax`
+    /// (`node_net_ethtool{device,type}`), `node-exporter` (`node_ethtool_<stat>{device}`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub compat: Option<Vec<String>>,
+
+    /// Driver stats the compatibility families export (regex on the stat name; `.*` for
+    /// all). Default: the six allowance stats.
+    #[arg(long, value_name = "REGEX")]
+    pub compat_stats: Option<String>,
+
+    /// Log level: error, warn, info, debug or trace. Default: info.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format: text (key=value) or json (one object per line). Default: text.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+fn parse_eni_flag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(d, e)| (d.to_owned(), e.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not DEVICE=ENI, e.g. ens6=eni-0123456789abcdef0"))
+}
+
+fn eni_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    Ok(BTreeMap::<String, String>::deserialize(d)?.into_iter().collect())
+}
+
+/// The checked configuration the agent runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Sampling interval.
+    pub interval: Duration,
+    /// History kept per device.
+    pub history: Duration,
+    /// Rediscovery period.
+    pub rediscover_interval: Duration,
+    /// Include regex.
+    pub device_include: Option<Regex>,
+    /// Exclude regex.
+    pub device_exclude: Option<Regex>,
+    /// ENI ids by device.
+    pub eni: HashMap<String, String>,
+    /// Compatibility families.
+    pub compat: Vec<Compat>,
+    /// Compat stat selection; `None` for the six allowance stats.
+    pub compat_stats: Option<Regex>,
+    /// Log level.
+    pub log_level: tracing::Level,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+/// A configuration error: which field, which value, what is wrong. Exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field's value is invalid.
+    #[error("{field}: {value:?} {problem}")]
+    Invalid {
+        /// Field (flag without dashes, or file key).
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {problem}")]
+    File {
+        /// Path of the file.
+        path: String,
+        /// What is wrong (the parser names the field and the line).
+        problem: String,
+    },
+}
+
+/// The shortest interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Most history points a device may keep (one day at 100 ms, ~4 MB per device).
+const MAX_HISTORY_POINTS: u128 = 864_000;
+
+impl Settings {
+    /// Reads a YAML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |problem: String| ConfigError::File { path: path.display().to_string(), problem };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        yaml_serde::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+
+    /// `self` with every field that `over` sets replaced by `over`'s value.
+    #[must_use]
+    pub fn overridden_by(self, over: Settings) -> Settings {
+        Settings {
+            listen: over.listen.or(self.listen),
+            interval: over.interval.or(self.interval),
+            history: over.history.or(self.history),
+            rediscover_interval: over.rediscover_interval.or(self.rediscover_interval),
+            device_include: over.device_include.or(self.device_include),
+            device_exclude: over.device_exclude.or(self.device_exclude),
+            eni: if over.eni.is_empty() { self.eni } else { over.eni },
+            compat: over.compat.or(self.compat),
+            compat_stats: over.compat_stats.or(self.compat_stats),
+            log_level: over.log_level.or(self.log_level),
+            log_format: over.log_format.or(self.log_format),
+        }
+    }
+
+    /// Checks every value.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let listen_s = self.listen.as_deref().unwrap_or("0.0.0.0:9417");
+        let listen = listen_s.parse().map_err(|_| ConfigError::Invalid {
+            field: "listen",
+            value: listen_s.to_owned(),
+            problem: "is not an address and port, e.g. 0.0.0.0:9417 or [::]:9417".into(),
+        })?;
+        let interval = duration("interval", self.interval.as_deref(), "1s")?;
+        if interval < MIN_INTERVAL {
+            return Err(invalid("interval", self.interval.as_deref(), "is below the minimum of 100ms"));
+        }
+        let history = duration("history", self.history.as_deref(), "15m")?;
+        if history < interval {
+            return Err(invalid("history", self.history.as_deref(), "is shorter than the interval"));
+        }
+        if history.as_millis() / interval.as_millis() > MAX_HISTORY_POINTS {
+            return Err(invalid(
+                "history",
+                self.history.as_deref(),
+                &format!("keeps more than {MAX_HISTORY_POINTS} samples per device at this interval"),
+            ));
+        }
+        let rediscover_interval =
+            duration("rediscover_interval", self.rediscover_interval.as_deref(), "30s")?;
+        if rediscover_interval < Duration::from_secs(1) {
+            return Err(invalid("rediscover_interval", self.rediscover_interval.as_deref(), "is below 1s"));
+        }
+        let mut eni = HashMap::new();
+        for (device, id) in &self.eni {
+            if !id.starts_with("eni-") || id.len() < 5 {
+                return Err(ConfigError::Invalid {
+                    field: "eni",
+                    value: format!("{device}={id}"),
+                    problem: "is not DEVICE=eni-…".into(),
+                });
+            }
+            eni.insert(device.clone(), id.clone());
+        }
+        let compat = self
+            .compat
+            .iter()
+            .flatten()
+            .filter(|c| !c.is_empty())
+            .map(|c| match c.as_str() {
+                "showmax" => Ok(Compat::Showmax),
+                "node-exporter" => Ok(Compat::NodeExporter),
+                other => Err(invalid("compat", Some(other), "is not one of: showmax, node-exporter")),
+            })
+            .collect::<Result<std::collections::BTreeSet<_>, _>>()?
+            .into_iter()
+            .collect();
+        let log_level = match self.log_level.as_deref().unwrap_or("info") {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            "debug" => tracing::Level::DEBUG,
+            "trace" => tracing::Level::TRACE,
+            other => {
+                return Err(invalid(
+                    "log_level",
+                    Some(other),
+                    "is not one of: error, warn, info, debug, trace",
+                ))
+            }
+        };
+        let log_json = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => return Err(invalid("log_format", Some(other), "is not one of: text, json")),
+        };
+        Ok(Config {
+            listen,
+            interval,
+            history,
+            rediscover_interval,
+            device_include: regex("device_include", self.device_include.as_deref())?,
+            device_exclude: regex("device_exclude", self.device_exclude.as_deref())?,
+            eni,
+            compat,
+            compat_stats: regex("compat_stats", self.compat_stats.as_deref())?,
+            log_level,
+            log_json,
+        })
+    }
+}
+
+impl Config {
+    /// History points kept per device.
+    pub fn history_points(&self) -> usize {
+        usize::try_from(self.history.as_millis() / self.interval.as_millis()).unwrap_or(usize::MAX)
+    }
+}
+
+fn invalid(field: &'static str, value: Option<&str>, problem: &str) -> ConfigError {
+    ConfigError::Invalid { field, value: value.unwrap_or_default().to_owned(), problem: problem.to_owned() }
+}
+
+fn duration(field: &'static str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let s = value.unwrap_or(default);
+    parse_duration(s).map_err(|problem| invalid(field, Some(s), &problem))
+}
+
+fn regex(field: &'static str, value: Option<&str>) -> Result<Option<Regex>, ConfigError> {
+    value
+        .map(|s| {
+            Regex::new(s).map_err(|e| {
+                // The parser's message spans several lines; the first says what is wrong.
+                let first = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
+                invalid(field, Some(s), &format!("is not a valid regex: {first}"))
+            })
+        })
+        .transpose()
+}
+
+/// Parses a Prometheus-style duration: one or more `<number><unit>` with units `ms`, `s`,
+/// `m`, `h`, `d`, e.g. `100ms`, `1s`, `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("is empty; write a duration such as 1s or 500ms".into());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err("is not a duration such as 1s, 500ms or 1m30s".into());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| "has a number that is too large".to_owned())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            "" => return Err("has no unit; write e.g. 1s or 500ms".into()),
+            _ => return Err("has an unknown unit; use ms, s, m, h or d".into()),
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(n).ok().and_then(|n| unit.checked_mul(n)).ok_or("is too long")?;
+        total = total.checked_add(part).ok_or("is too long")?;
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else if ms % 60_000 != 0 || ms == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{}m", ms / 60_000)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("100ms", 100),
+            ("1s", 1000),
+            ("1m30s", 90_000),
+            ("15m", 900_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["", "1", "s", "1x", "-1s", "1.5s", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(HumanDuration(Duration::from_secs(900)).to_string(), "15m");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9417".parse().unwrap());
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.history_points(), 900);
+        assert_eq!(c.rediscover_interval, Duration::from_secs(30));
+        assert!(c.compat.is_empty() && c.compat_stats.is_none() && c.device_include.is_none());
+    }
+
+    #[test]
+    fn every_error_names_the_field_and_the_value() {
+        let cases: [(Settings, &str); 8] = [
+            (
+                Settings { interval: Some("50ms".into()), ..Default::default() },
+                "interval: \"50ms\" is below the minimum of 100ms",
+            ),
+            (
+                Settings { interval: Some("fast".into()), ..Default::default() },
+                "interval: \"fast\" is not a duration",
+            ),
+            (
+                Settings { listen: Some("9417".into()), ..Default::default() },
+                "listen: \"9417\" is not an address",
+            ),
+            (
+                Settings { device_include: Some("eth(".into()), ..Default::default() },
+                "device_include: \"eth(\" is not a valid regex",
+            ),
+            (
+                Settings { compat: Some(vec!["prom".into()]), ..Default::default() },
+                "compat: \"prom\" is not one of",
+            ),
+            (
+                Settings { history: Some("100ms".into()), ..Default::default() },
+                "history: \"100ms\" is shorter than the interval",
+            ),
+            (
+                Settings { eni: vec![("ens5".into(), "x".into())], ..Default::default() },
+                "eni: \"ens5=x\" is not DEVICE=eni-",
+            ),
+            (
+                Settings { log_level: Some("loud".into()), ..Default::default() },
+                "log_level: \"loud\" is not one of",
+            ),
+        ];
+        for (settings, want) in cases {
+            let err = settings.resolve().unwrap_err().to_string();
+            assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: Settings = yaml_serde::from_str(
+            "interval: 2s\nlisten: 127.0.0.1:1\neni:\n  ens6: eni-0abc\ncompat: [showmax]\n",
+        )
+        .unwrap();
+        let flags = Settings { interval: Some("5s".into()), ..Default::default() };
+        let c = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.eni["ens6"], "eni-0abc");
+        assert_eq!(c.compat, [Compat::Showmax]);
+    }
+
+    #[test]
+    fn unknown_fields_in_the_file_are_errors() {
+        let err = yaml_serde::from_str::<Settings>("intervall: 1s\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `intervall`"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! What the sampler leaves for readers: the latest immutable [`Snapshot`] and a bounded,
+//! per-device history of the allowance series at full resolution.
+//!
+//! The sampler thread is the only writer. Readers (`/metrics`, and later the JSON API, the
+//! page and the alert evaluator) clone an `Arc` or take a short read lock; nothing a reader
+//! does can reach the kernel or delay the next tick by more than a lock hand-over.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use crate::sampler::counters::DeviceCounters;
+use crate::source::{Device, ReadError, Schema};
+
+/// Everything known after one tick. Never modified once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Tick number, from 1; 0 is the empty snapshot published before the first tick.
+    pub seq: u64,
+    /// When the sample was taken, Unix milliseconds (recorded time for replayed sources).
+    pub at_ms: i64,
+    /// When this snapshot was published, on the monotonic clock (for `/healthz`).
+    pub published: Instant,
+    /// Watched devices, sorted by name.
+    pub devices: Vec<DeviceState>,
+    /// Read errors by device and reason, sorted.
+    pub read_errors: Vec<ErrorCount>,
+    /// Ticks skipped because the previous one ran late.
+    pub missed_ticks: u64,
+}
+
+impl Snapshot {
+    /// The snapshot readers see before the first tick.
+    pub fn empty() -> Self {
+        Self {
+            seq: 0,
+            at_ms: 0,
+            published: Instant::now(),
+            devices: Vec::new(),
+            read_errors: Vec::new(),
+            missed_ticks: 0,
+        }
+    }
+}
+
+/// One device as of the latest tick.
+#[derive(Clone, Debug)]
+pub struct DeviceState {
+    /// Identity and driver.
+    pub device: Arc<Device>,
+    /// Names of `values`.
+    pub schema: Arc<Schema>,
+    /// Latest driver values (from the last successful read).
+    pub values: Arc<[u64]>,
+    /// Positions in `values` exported by the compatibility families.
+    pub compat: Arc<[usize]>,
+    /// The agent's allowance counters.
+    pub counters: DeviceCounters,
+    /// Driver resets seen since the agent started watching the device.
+    pub resets: u64,
+    /// Samples held back as the ENA all-zero glitch.
+    pub glitches: u64,
+    /// Counter jumps held back as implausible.
+    pub implausible: u64,
+}
+
+/// A count of failed reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorCount {
+    /// Interface name.
+    pub device: String,
+    /// Why.
+    pub reason: ReadError,
+    /// How many since start.
+    pub count: u64,
+}
+
+/// One tick of one device's allowance series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// Sample time, Unix milliseconds.
+    pub at_ms: i64,
+    /// Packets added to each allowance counter in the interval this sample closes
+    /// (saturating: no ENA device drops four billion packets in one tick).
+    pub added: [u32; 5],
+    /// `conntrack_allowance_available`, or [`Point::NO_VALUE`].
+    pub available: u32,
+    /// [`Point::GLITCH`], [`Point::RESET`].
+    pub flags: u8,
+}
+
+impl Point {
+    /// `available` when the driver does not report it.
+    pub const NO_VALUE: u32 = u32::MAX;
+    /// The sample was the ENA all-zero glitch and was held back.
+    pub const GLITCH: u8 = 1;
+    /// A driver reset was detected at this sample.
+    pub const RESET: u8 = 2;
+}
+
+/// Per-device rings of [`Point`]s, each holding at most `capacity` ticks.
+#[derive(Debug, Default)]
+pub struct History {
+    capacity: usize,
+    rings: BTreeMap<String, VecDeque<Point>>,
+}
+
+impl History {
+    /// A history of `capacity` ticks per device.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), rings: BTreeMap::new() }
+    }
+
+    /// Appends a point, dropping the oldest when full.
+    pub fn push(&mut self, device: &str, point: Point) {
+        let ring = match self.rings.get_mut(device) {
+            Some(ring) => ring,
+            None => {
+                self.rings.entry(device.to_owned()).or_insert_with(|| VecDeque::with_capacity(self.capacity))
+            }
+        };
+        if ring.len() == self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(point);
+    }
+
+    /// Forgets a device that vanished.
+    pub fn remove(&mut self, device: &str) {
+        self.rings.remove(device);
+    }
+
+    /// The points of one device, oldest first.
+    pub fn points(&self, device: &str) -> impl Iterator<Item = &Point> {
+        self.rings.get(device).into_iter().flatten()
+    }
+
+    /// Ticks kept per device.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The shared state between the sampler (writer) and every reader.
+#[derive(Debug)]
+pub struct Store {
+    latest: RwLock<Arc<Snapshot>>,
+    history: RwLock<History>,
+}
+
+impl Store {
+    /// An empty store keeping `capacity` ticks of history per device.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            latest: RwLock::new(Arc::new(Snapshot::empty())),
+            history: RwLock::new(History::new(capacity)),
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        // A panic elsewhere cannot leave an `Arc` half-written: poison is irrelevant here.
+        Arc::clone(&self.latest.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Publishes a new snapshot.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// Runs `f` on the history under the write lock (sampler only).
+    pub fn update_history<R>(&self, f: impl FnOnce(&mut History) -> R) -> R {
+        f(&mut self.history.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` on the history under a read lock.
+    pub fn read_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&self.history.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(at_ms: i64) -> Point {
+        Point { at_ms, added: [0; 5], available: Point::NO_VALUE, flags: 0 }
+    }
+
+    #[test]
+    fn rings_are_bounded_per_device() {
+        let mut h = History::new(3);
+        for t in 0..10 {
+            h.push("ens5", point(t));
+        }
+        h.push("ens6", point(99));
+        let kept: Vec<i64> = h.points("ens5").map(|p| p.at_ms).collect();
+        assert_eq!(kept, [7, 8, 9]);
+        assert_eq!(h.points("ens6").count(), 1);
+        h.remove("ens5");
+        assert_eq!(h.points("ens5").count(), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP side: [`app`] builds the routes (tested without a socket), [`serve`] runs them.
+//!
+//! Handlers read the latest snapshot only, so a scrape costs an encode and never a kernel
+//! read. The server is hardened for a port exposed on every node: bounded request-header size
+//! and read time, a cap on concurrent connections, and nothing it does can hold the sampler.
+
+use std::io::Write as _;
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use crate::history::Store;
+use crate::metrics::{self, encode::Format, Options};
+
+/// What handlers need.
+pub struct AppState {
+    /// Snapshots and history.
+    pub store: Arc<Store>,
+    /// `/metrics` options.
+    pub metrics: Options,
+}
+
+/// Builds the HTTP application.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    const PAGE: &str = concat!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width\"><title>enawatch</title></head>",
+        "<body><h1>enawatch</h1><p>EC2 ENA allowance throttling, per interface.</p><ul>",
+        "<li><a href=\"metrics\">/metrics</a>: Prometheus metrics</li>",
+        "<li><a href=\"healthz\">/healthz</a>: sampler health</li>",
+        "</ul></body></html>\n"
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE)
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let header_str = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let format = Format::negotiate(header_str(header::ACCEPT));
+    let body = metrics::render(&state.store.latest(), &state.metrics, format);
+    let content_type = [(header::CONTENT_TYPE, format.content_type())];
+    if accepts_gzip(header_str(header::ACCEPT_ENCODING)) {
+        let mut gz =
+            flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        if gz.write_all(body.as_bytes()).is_ok() {
+            if let Ok(compressed) = gz.finish() {
+                return (content_type, [(header::CONTENT_ENCODING, "gzip")], compressed).into_response();
+            }
+        }
+    }
+    (content_type, body).into_response()
+}
+
+/// Whether an `Accept-Encoding` header allows gzip (present and not `q=0`).
+fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|v| {
+        v.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused =
+                parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+    })
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.store.latest();
+    let limit = state.metrics.interval * 3;
+    let age = snapshot.published.elapsed();
+    let (status, text) = if snapshot.seq == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no sample taken yet\n".to_owned())
+    } else if age > limit {
+        let text = format!("unhealthy: last sample {:.1}s ago, more than 3 intervals\n", age.as_secs_f64());
+        (StatusCode::SERVICE_UNAVAILABLE, text)
+    } else {
+        (StatusCode::OK, format!("ok: last sample {:.1}s ago\n", age.as_secs_f64()))
+    };
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from(text)).into_response()
+}
+
+/// Limits for the server.
+const MAX_CONNECTIONS: usize = 64;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves `router` on an already-bound listener until the future is dropped.
+pub async fn serve(listener: StdListener, router: Router) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("never closed");
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                debug!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that keeps a connection open forever gives it up after a while.
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(err)) => debug!(%peer, error = %err, "connection error"),
+                Err(_) => debug!(%peer, "connection closed after its lifetime"),
+                Ok(Ok(())) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=1.0, *;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+}

@@ -1,0 +1,21 @@
+//! enawatch: EC2 ENA allowance throttling, the moment it happens.
+//!
+//! The data flows one way (see DESIGN.md):
+//!
+//! ```text
+//! sys (ioctl, netlink) -> source (live) -> sampler (counters) -> history (snapshots)
+//!                                                                  -> metrics -> http
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod docs;
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod sampler;
+pub mod serve;
+pub mod source;
+pub mod stats;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,0 +1,258 @@
+//! `/metrics`: renders a [`Snapshot`] in the Prometheus text format or OpenMetrics.
+//!
+//! The metric contract (names, types, labels) is defined here and nowhere else; see the
+//! table in the README, which a test keeps equal to [`NATIVE_FAMILIES`].
+
+pub mod compat;
+pub mod encode;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use self::encode::{Encoder, Format, Kind, Value};
+use crate::history::Snapshot;
+use crate::stats::{Allowance, ALLOWANCE_STATS};
+
+/// An opt-in compatibility family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Compat {
+    /// `node_net_ethtool{device,type}`: raw driver values, as the AWS guide's queries expect.
+    Showmax,
+    /// `node_ethtool_<stat>{device}`: node_exporter's ethtool collector names.
+    NodeExporter,
+}
+
+/// What `/metrics` renders besides the native families.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Compatibility families to add.
+    pub compat: Vec<Compat>,
+    /// The configured sampling interval (`enawatch_sample_interval_seconds`).
+    pub interval: Duration,
+}
+
+/// One native family: name, type, labels and help. The README's metric table is this.
+pub struct Family {
+    /// Sample name.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Label names.
+    pub labels: &'static str,
+    /// Help text.
+    pub help: &'static str,
+}
+
+const fn family(name: &'static str, kind: Kind, labels: &'static str, help: &'static str) -> Family {
+    Family { name, kind, labels, help }
+}
+
+/// The native families, in exposition order.
+pub const NATIVE_FAMILIES: [Family; 13] = [
+    family(
+        "ena_allowance_exceeded_packets_total",
+        Kind::Counter,
+        "device, allowance",
+        "Packets queued or dropped because an ENA allowance was exceeded (allowance: bw_in, bw_out, pps, conntrack, linklocal).",
+    ),
+    family(
+        "ena_allowance_exceeded_seconds_total",
+        Kind::Counter,
+        "device, allowance",
+        "Seconds of sampling intervals in which the allowance's exceeded counter increased.",
+    ),
+    family(
+        "ena_conntrack_allowance_available",
+        Kind::Gauge,
+        "device",
+        "Tracked connections that can still be established before the conntrack allowance is hit.",
+    ),
+    family(
+        "ena_interface_info",
+        Kind::Gauge,
+        "device, driver, driver_version, firmware_version, bus_info, eni (when known)",
+        "One per watched interface, with its driver information.",
+    ),
+    family(
+        "ena_stat_supported",
+        Kind::Gauge,
+        "device, stat",
+        "Whether the driver reports this allowance statistic (1) or not (0).",
+    ),
+    family("enawatch_build_info", Kind::Gauge, "version, revision", "enawatch build information."),
+    family(
+        "enawatch_read_errors_total",
+        Kind::Counter,
+        "device, reason",
+        "Failed reads of a device's statistics (reason: not_supported, permission_denied, no_device, schema_changed, io).",
+    ),
+    family("enawatch_sample_interval_seconds", Kind::Gauge, "", "Configured sampling interval."),
+    family(
+        "enawatch_samples_total",
+        Kind::Counter,
+        "",
+        "Sampling ticks completed.",
+    ),
+    family(
+        "enawatch_missed_ticks_total",
+        Kind::Counter,
+        "",
+        "Sampling ticks skipped because the previous tick ran late.",
+    ),
+    family(
+        "enawatch_last_sample_timestamp_seconds",
+        Kind::Gauge,
+        "",
+        "Unix time of the latest sample.",
+    ),
+    family(
+        "enawatch_driver_resets_total",
+        Kind::Counter,
+        "device",
+        "Driver counter resets seen (the exported counters keep growing across them).",
+    ),
+    family(
+        "enawatch_discarded_samples_total",
+        Kind::Counter,
+        "device, reason",
+        "Samples not counted (reason: glitch for the ENA all-zero read, implausible for impossible jumps).",
+    ),
+];
+
+/// The version and revision this binary was built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The source revision, from the build script.
+pub const REVISION: &str = env!("ENAWATCH_REVISION");
+
+/// Renders one snapshot.
+pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String {
+    let mut out = String::with_capacity(4096 + snapshot.devices.len() * 2048);
+    let mut e = Encoder::new(&mut out, format);
+    let mut families = NATIVE_FAMILIES.iter();
+    let mut next = |e: &mut Encoder| {
+        let f = families.next().expect("one entry per family");
+        e.family(f.name, f.kind, f.help);
+        f.name
+    };
+
+    for counter in [0, 1] {
+        let name = next(&mut e);
+        for d in &snapshot.devices {
+            for a in Allowance::ALL {
+                if !d.counters.supported[a.index()] {
+                    continue;
+                }
+                let value = if counter == 0 {
+                    Value::Int(d.counters.packets[a.index()])
+                } else {
+                    Value::Float(d.counters.seconds[a.index()])
+                };
+                e.sample(name, &[("device", &d.device.name), ("allowance", a.label())], value);
+            }
+        }
+    }
+
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        if let (true, Some(v)) = (d.counters.available_supported, d.counters.available) {
+            e.sample(name, &[("device", &d.device.name)], Value::Int(v));
+        }
+    }
+
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        let dev = &d.device;
+        let mut labels = vec![
+            ("device", dev.name.as_str()),
+            ("driver", dev.driver.as_str()),
+            ("driver_version", dev.driver_version.as_str()),
+            ("firmware_version", dev.firmware_version.as_str()),
+            ("bus_info", dev.bus_info.as_str()),
+        ];
+        if let Some(eni) = &dev.eni {
+            labels.push(("eni", eni));
+        }
+        e.sample(name, &labels, Value::Int(1));
+    }
+
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        for (k, stat) in ALLOWANCE_STATS.iter().enumerate() {
+            let supported = d.schema.index.supports(k);
+            e.sample(name, &[("device", &d.device.name), ("stat", stat)], Value::Int(supported.into()));
+        }
+    }
+
+    let name = next(&mut e);
+    e.sample(name, &[("version", VERSION), ("revision", REVISION)], Value::Int(1));
+
+    let name = next(&mut e);
+    for err in &snapshot.read_errors {
+        e.sample(name, &[("device", &err.device), ("reason", err.reason.label())], Value::Int(err.count));
+    }
+
+    let name = next(&mut e);
+    e.sample(name, &[], Value::Float(options.interval.as_secs_f64()));
+    let name = next(&mut e);
+    e.sample(name, &[], Value::Int(snapshot.seq));
+    let name = next(&mut e);
+    e.sample(name, &[], Value::Int(snapshot.missed_ticks));
+    let name = next(&mut e);
+    e.sample(name, &[], Value::Float(snapshot.at_ms as f64 / 1000.0));
+
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        e.sample(name, &[("device", &d.device.name)], Value::Int(d.resets));
+    }
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        for (reason, n) in [("glitch", d.glitches), ("implausible", d.implausible)] {
+            e.sample(name, &[("device", &d.device.name), ("reason", reason)], Value::Int(n));
+        }
+    }
+
+    for c in &options.compat {
+        match c {
+            Compat::Showmax => showmax(&mut e, snapshot),
+            Compat::NodeExporter => node_exporter(&mut e, snapshot),
+        }
+    }
+    e.finish();
+    out
+}
+
+fn showmax(e: &mut Encoder, snapshot: &Snapshot) {
+    const NAME: &str = "node_net_ethtool";
+    e.family(NAME, Kind::Gauge, "Raw ethtool driver statistics (compatibility: showmax ethtool exporter).");
+    for d in &snapshot.devices {
+        for &i in d.compat.iter() {
+            e.sample(
+                NAME,
+                &[("device", &d.device.name), ("type", &d.schema.names[i])],
+                Value::Int(d.values[i]),
+            );
+        }
+    }
+}
+
+fn node_exporter(e: &mut Encoder, snapshot: &Snapshot) {
+    // One family per metric name, across devices; a device whose stats sanitise to the same
+    // name twice exports the first (node_exporter would fail the whole scrape instead).
+    let mut families: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();
+    for d in &snapshot.devices {
+        let names = d.schema.node_exporter_names();
+        for &i in d.compat.iter() {
+            let samples = families.entry(&names[i]).or_default();
+            if samples.last().is_none_or(|(device, _, _)| *device != d.device.name) {
+                samples.push((&d.device.name, &d.schema.names[i], d.values[i]));
+            }
+        }
+    }
+    for (name, samples) in families {
+        let help = format!("Network interface {}", samples[0].1);
+        e.family(name, Kind::Untyped, &help);
+        for (device, _, value) in samples {
+            e.sample(name, &[("device", device)], Value::Int(value));
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The sampler: one tick per interval, on a thread of its own.
+//!
+//! Each tick asks the [`Source`] for a [`Sample`](crate::source::Sample), runs the counter
+//! semantics of [`counters`], appends the allowance series to the history and publishes an
+//! immutable [`Snapshot`]. Ticks are aligned to a fixed grid: a tick that runs late makes the
+//! next ones skip (and count) the slots it missed instead of bunching up.
+//!
+//! Logging is per event, never per tick: a device that starts failing is logged once, and
+//! once more when it recovers.
+
+pub mod counters;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use regex_lite::Regex;
+use tracing::{info, warn};
+
+use self::counters::{DeviceCounters, RawAllowances};
+use crate::history::{DeviceState, ErrorCount, Point, Snapshot, Store};
+use crate::source::{Event, ReadError, Reading, Schema, Source};
+use crate::stats::ALLOWANCE_STATS;
+
+/// What the sampler needs to know.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Time between ticks.
+    pub interval: Duration,
+    /// Which driver stats the compatibility families export; `None`: the six allowance stats.
+    pub compat_stats: Option<Regex>,
+    /// How long error counters of vanished devices stay visible (Unix ms span).
+    pub forget_after_ms: i64,
+}
+
+/// The sampler's state between ticks.
+pub struct Sampler {
+    source: Box<dyn Source>,
+    settings: Settings,
+    store: Arc<Store>,
+    devices: BTreeMap<String, DeviceState>,
+    errors: BTreeMap<(String, ReadError), (u64, i64)>,
+    failing: BTreeSet<String>,
+    seq: u64,
+    missed_ticks: u64,
+}
+
+impl Sampler {
+    /// A sampler reading `source` and publishing into `store`.
+    pub fn new(source: Box<dyn Source>, settings: Settings, store: Arc<Store>) -> Self {
+        Self {
+            source,
+            settings,
+            store,
+            devices: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            failing: BTreeSet::new(),
+            seq: 0,
+            missed_ticks: 0,
+        }
+    }
+
+    /// Takes one sample at wall-clock `now_ms` and publishes the resulting snapshot.
+    pub fn tick(&mut self, now_ms: i64) -> Arc<Snapshot> {
+        let sample = self.source.sample(now_ms);
+        let at_ms = sample.at_ms;
+        let mut points = Vec::with_capacity(sample.readings.len());
+        for reading in sample.readings {
+            if self.failing.remove(&reading.device.name) {
+                info!(device = %reading.device.name, "device readable again");
+            }
+            let name = reading.device.name.clone();
+            if let Some(point) = self.apply(reading, at_ms) {
+                points.push((name, point));
+            }
+        }
+        let mut vanished = Vec::new();
+        for event in sample.events {
+            match event {
+                Event::ReadFailed { device, reason, detail } => {
+                    self.count_error(&device, reason, at_ms);
+                    if self.failing.insert(device.clone()) {
+                        warn!(device = %device, reason = reason.label(), error = %detail,
+                            "cannot read device statistics; retrying every tick, logging when it recovers");
+                    }
+                }
+                Event::SchemaChanged { device } => {
+                    self.count_error(&device, ReadError::SchemaChanged, at_ms);
+                    info!(device = %device, "driver stat set changed; sample dropped, names re-read");
+                }
+                Event::Vanished { device } => {
+                    self.count_error(&device, ReadError::NoDevice, at_ms);
+                    self.failing.remove(&device);
+                    if self.devices.remove(&device).is_some() {
+                        info!(device = %device, "device vanished; its series are dropped");
+                    }
+                    vanished.push(device);
+                }
+            }
+        }
+        let forget_before = at_ms - self.settings.forget_after_ms;
+        let devices = &self.devices;
+        self.errors
+            .retain(|(device, _), (_, last_ms)| devices.contains_key(device) || *last_ms >= forget_before);
+
+        self.store.update_history(|h| {
+            for (name, point) in points {
+                h.push(&name, point);
+            }
+            for name in &vanished {
+                h.remove(name);
+            }
+        });
+        self.seq += 1;
+        let snapshot = Arc::new(Snapshot {
+            seq: self.seq,
+            at_ms,
+            published: Instant::now(),
+            devices: self.devices.values().cloned().collect(),
+            read_errors: self
+                .errors
+                .iter()
+                .map(|((device, reason), (count, _))| ErrorCount {
+                    device: device.clone(),
+                    reason: *reason,
+                    count: *count,
+                })
+                .collect(),
+            missed_ticks: self.missed_ticks,
+        });
+        self.store.publish(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    fn count_error(&mut self, device: &str, reason: ReadError, at_ms: i64) {
+        let entry = self.errors.entry((device.to_owned(), reason)).or_insert((0, at_ms));
+        entry.0 += 1;
+        entry.1 = at_ms;
+    }
+
+    /// Runs one reading through the counter semantics; the history point if it has one.
+    fn apply(&mut self, reading: Reading, at_ms: i64) -> Option<Point> {
+        let Reading { device, schema, values } = reading;
+        let state = match self.devices.get_mut(&device.name) {
+            Some(state) => state,
+            None => self.devices.entry(device.name.clone()).or_insert_with(|| DeviceState {
+                device: Arc::clone(&device),
+                schema: Arc::clone(&schema),
+                values: Arc::clone(&values),
+                compat: compat_positions(&schema, self.settings.compat_stats.as_ref()),
+                counters: DeviceCounters::default(),
+                resets: 0,
+                glitches: 0,
+                implausible: 0,
+            }),
+        };
+        if !Arc::ptr_eq(&state.schema, &schema) {
+            state.compat = compat_positions(&schema, self.settings.compat_stats.as_ref());
+        }
+        let (exceeded, available) = schema.index.pick(&values);
+        let update = state.counters.update(at_ms, &RawAllowances { exceeded, available });
+        state.device = device;
+        state.schema = schema;
+        if !update.glitch {
+            // A glitch's values are the zeros the driver made up; keep the last real ones.
+            state.values = values;
+        }
+        if update.glitch {
+            state.glitches += 1;
+        }
+        if update.any_reset() {
+            state.resets += 1;
+            info!(device = %state.device.name, "driver counters reset; counting on from the new values");
+        }
+        state.implausible += update.implausible.iter().filter(|&&b| b).count() as u64;
+
+        let tracked = state.counters.supported.iter().any(|&s| s) || state.counters.available_supported;
+        tracked.then(|| Point {
+            at_ms,
+            added: update.added.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            available: if update.glitch {
+                Point::NO_VALUE
+            } else {
+                available.map_or(Point::NO_VALUE, |v| u32::try_from(v).unwrap_or(Point::NO_VALUE - 1))
+            },
+            flags: if update.glitch { Point::GLITCH } else { 0 }
+                | if update.any_reset() { Point::RESET } else { 0 },
+        })
+    }
+
+    /// Runs ticks on the grid until `shutdown` is dropped or signalled.
+    pub fn spawn(mut self, shutdown: Receiver<()>) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new().name("sampler".into()).spawn(move || {
+            let interval = self.settings.interval;
+            // Wall-clock time is the monotonic clock anchored once: sample times never step
+            // backwards when NTP adjusts the clock.
+            let (anchor_wall, anchor) = (wall_ms(), Instant::now());
+            let mut next = anchor;
+            loop {
+                let since = i64::try_from(next.duration_since(anchor).as_millis()).unwrap_or(i64::MAX);
+                self.tick(anchor_wall.saturating_add(since));
+                next += interval;
+                let now = Instant::now();
+                if now > next {
+                    // Skip the slots already past rather than bunching reads together.
+                    let behind = now.duration_since(next).as_nanos() / interval.as_nanos().max(1);
+                    let skipped = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+                    self.missed_ticks += u64::from(skipped);
+                    next += interval * skipped;
+                }
+                match shutdown.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+    }
+}
+
+/// The positions of the stats the compatibility families export.
+fn compat_positions(schema: &Schema, select: Option<&Regex>) -> Arc<[usize]> {
+    schema
+        .names
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| match select {
+            Some(re) => re.is_match(name),
+            None => ALLOWANCE_STATS.contains(&name.as_str()),
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Now, in Unix milliseconds.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

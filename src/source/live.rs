@@ -1,0 +1,303 @@
+//! The live source: the kernel's ethtool statistics of this host's interfaces.
+//!
+//! Per tick it issues exactly one `ETHTOOL_GSTATS` per watched device and nothing else.
+//! Discovery (one netlink dump, plus one `ETHTOOL_GDRVINFO` per interface never seen before)
+//! runs at start and every rediscovery period; stat names (`ETHTOOL_GSTRINGS`) are read when
+//! a device is first watched and again only when its stat count changes.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regex_lite::Regex;
+use tracing::{info, warn};
+
+use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
+use crate::stats::ENA_DRIVER;
+use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
+
+/// Which interfaces to watch.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Watch interfaces whose name matches, whatever their driver (replaces the default).
+    pub include: Option<Regex>,
+    /// Never watch interfaces whose name matches.
+    pub exclude: Option<Regex>,
+    /// ENI ids by interface name, where altnames do not carry them.
+    pub eni: HashMap<String, String>,
+}
+
+impl Selection {
+    /// Whether to watch the interface `name` whose driver is `driver`.
+    fn watches(&self, name: &str, driver: Option<&str>) -> bool {
+        if self.exclude.as_ref().is_some_and(|re| re.is_match(name)) {
+            return false;
+        }
+        match &self.include {
+            Some(re) => re.is_match(name),
+            None => driver == Some(ENA_DRIVER),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        if self.include.is_some() {
+            "name matches --device-include"
+        } else {
+            "driver is ena"
+        }
+    }
+}
+
+/// Reads the host's interfaces through `SIOCETHTOOL`.
+pub struct LiveSource {
+    ethtool: Ethtool,
+    selection: Selection,
+    rediscover_every: Duration,
+    next_discovery: Instant,
+    /// Driver per interface index, so `GDRVINFO` runs once per interface, not per discovery.
+    drivers: HashMap<u32, Option<sys::DriverInfo>>,
+    watched: Vec<Watched>,
+    buf: StatsBuffer,
+    /// The schema of devices without statistics, shared.
+    empty: Arc<Schema>,
+    /// Interval below which reading an ENA device deserves a warning (each read is an
+    /// admin-queue command to the device); warned once.
+    fast_interval: Option<Duration>,
+    first_discovery: bool,
+}
+
+struct Watched {
+    ifname: IfName,
+    index: u32,
+    device: Arc<Device>,
+    /// `None` until the names have been read (or after the stat count changed).
+    schema: Option<Arc<Schema>>,
+    /// Set when the driver has no statistics at all; such a device is listed, not read.
+    no_stats: bool,
+}
+
+impl LiveSource {
+    /// Opens the ethtool socket; devices are discovered on the first sample.
+    pub fn new(selection: Selection, rediscover_every: Duration, interval: Duration) -> io::Result<Self> {
+        Ok(Self {
+            ethtool: Ethtool::open()?,
+            selection,
+            rediscover_every,
+            next_discovery: Instant::now(),
+            drivers: HashMap::new(),
+            watched: Vec::new(),
+            buf: StatsBuffer::new(),
+            empty: Arc::new(Schema::new(Vec::new())),
+            fast_interval: (interval < Duration::from_secs(1)).then_some(interval),
+            first_discovery: true,
+        })
+    }
+
+    /// Lists the interfaces, watches the new ones that are selected.
+    fn discover(&mut self) {
+        let links = match sys::list_links() {
+            Ok(links) => links,
+            Err(err) => {
+                warn!(error = %err, "cannot list network interfaces; keeping the current set");
+                return;
+            }
+        };
+        self.drivers.retain(|index, _| links.iter().any(|l| l.index == *index));
+        let mut added = Vec::new();
+        let mut skipped = Vec::new();
+        for link in &links {
+            let Some(ifname) = IfName::new(&link.name) else { continue };
+            let ethtool = &self.ethtool;
+            let driver =
+                self.drivers.entry(link.index).or_insert_with(|| ethtool.driver_info(ifname).ok()).clone();
+            let driver_name = driver.as_ref().map(|d| d.driver.as_str());
+            if self.watched.iter().any(|w| w.index == link.index && w.device.name == link.name) {
+                continue;
+            }
+            if !self.selection.watches(&link.name, driver_name) {
+                if self.first_discovery {
+                    skipped.push(format!("{} ({})", link.name, driver_name.unwrap_or("no driver")));
+                }
+                continue;
+            }
+            // Same name, new index: the interface was re-created; start it afresh.
+            self.watched.retain(|w| w.device.name != link.name);
+            let driver = driver.unwrap_or_default();
+            let eni = self
+                .selection
+                .eni
+                .get(&link.name)
+                .cloned()
+                .or_else(|| link.altnames.iter().find(|a| a.starts_with("eni-")).cloned());
+            let device = Arc::new(Device {
+                name: link.name.clone(),
+                driver: driver.driver,
+                driver_version: driver.version,
+                firmware_version: driver.firmware_version,
+                bus_info: driver.bus_info,
+                eni,
+            });
+            added.push(describe(&device));
+            self.watched.push(Watched { ifname, index: link.index, device, schema: None, no_stats: false });
+        }
+        self.watched.sort_by(|a, b| a.device.name.cmp(&b.device.name));
+
+        if !added.is_empty() {
+            let verb = if self.first_discovery { "watching devices" } else { "new devices watched" };
+            info!(devices = %added.join(", "), reason = self.selection.reason(), "{verb}");
+        } else if self.first_discovery && self.watched.is_empty() {
+            warn!(
+                interfaces = %skipped.join(", "),
+                "no ENA device found; watching nothing until one appears. \
+                 To watch other interfaces, pass --device-include REGEX"
+            );
+        }
+        if let Some(interval) = self.fast_interval {
+            if self.watched.iter().any(|w| w.device.driver == ENA_DRIVER) {
+                warn!(
+                    interval = ?interval,
+                    "sampling ENA devices faster than once a second: every read is an \
+                     admin-queue command to the device"
+                );
+                self.fast_interval = None;
+            }
+        }
+        self.first_discovery = false;
+    }
+
+    /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
+    fn load_schema(ethtool: &Ethtool, w: &mut Watched) -> io::Result<bool> {
+        let Some(count) = ethtool.stats_count(w.ifname)? else {
+            w.no_stats = true;
+            return Ok(false);
+        };
+        match ethtool.stat_names(w.ifname, count)? {
+            Read::Complete(names) => {
+                w.schema = Some(Arc::new(Schema::new(names)));
+                Ok(true)
+            }
+            // Changed again between the count and the names: try next tick.
+            Read::CountChanged => Ok(false),
+        }
+    }
+}
+
+fn describe(d: &Device) -> String {
+    let mut s = format!(
+        "{} ({} {}",
+        d.name,
+        if d.driver.is_empty() { "unknown driver" } else { &d.driver },
+        d.driver_version
+    );
+    if let Some(eni) = &d.eni {
+        s.push_str(", ");
+        s.push_str(eni);
+    }
+    s.push(')');
+    s
+}
+
+/// What one device's read came to.
+enum Outcome {
+    Read(Reading),
+    Nothing,
+    Event(Event),
+    Gone,
+}
+
+impl LiveSource {
+    fn read_one(ethtool: &Ethtool, buf: &mut StatsBuffer, empty: &Arc<Schema>, w: &mut Watched) -> Outcome {
+        let device = Arc::clone(&w.device);
+        let reading = |schema: Arc<Schema>, values: &[u64]| {
+            Outcome::Read(Reading { device: Arc::clone(&device), schema, values: values.into() })
+        };
+        let result = (|| {
+            if w.no_stats {
+                return Ok(reading(Arc::clone(empty), &[]));
+            }
+            if w.schema.is_none() && !Self::load_schema(ethtool, w)? {
+                return Ok(if w.no_stats { reading(Arc::clone(empty), &[]) } else { Outcome::Nothing });
+            }
+            let schema = w.schema.clone().expect("loaded above");
+            match ethtool.stats(w.ifname, schema.names.len(), buf)? {
+                Read::Complete(values) => Ok(reading(schema, values)),
+                Read::CountChanged => {
+                    // Drop this sample and re-read the names now, so the next tick reads
+                    // the new set.
+                    w.schema = None;
+                    Self::load_schema(ethtool, w)?;
+                    Ok(Outcome::Event(Event::SchemaChanged { device: w.device.name.clone() }))
+                }
+            }
+        })();
+        result.unwrap_or_else(|err: io::Error| {
+            let reason = ReadError::from_io(&err);
+            if reason == ReadError::NoDevice {
+                return Outcome::Gone;
+            }
+            if reason == ReadError::NotSupported {
+                // Some drivers count stats but fail to read them: stop asking.
+                w.no_stats = true;
+            }
+            let device = w.device.name.clone();
+            Outcome::Event(Event::ReadFailed { device, reason, detail: err.to_string() })
+        })
+    }
+}
+
+impl Source for LiveSource {
+    fn sample(&mut self, now_ms: i64) -> Sample {
+        let mut sample = Sample { at_ms: now_ms, ..Sample::default() };
+        if Instant::now() >= self.next_discovery {
+            self.discover();
+            self.next_discovery = Instant::now() + self.rediscover_every;
+        }
+        let (ethtool, buf, empty) = (&self.ethtool, &mut self.buf, &self.empty);
+        self.watched.retain_mut(|w| {
+            match Self::read_one(ethtool, buf, empty, w) {
+                Outcome::Read(r) => sample.readings.push(r),
+                Outcome::Nothing => {}
+                Outcome::Event(e) => sample.events.push(e),
+                Outcome::Gone => {
+                    sample.events.push(Event::Vanished { device: w.device.name.clone() });
+                    return false;
+                }
+            }
+            true
+        });
+        sample
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_selection_is_by_driver_never_by_name() {
+        let s = Selection::default();
+        assert!(s.watches("ens5", Some("ena")));
+        assert!(s.watches("eth1", Some("ena")));
+        assert!(s.watches("weird0", Some("ena")));
+        assert!(!s.watches("eth0", Some("virtio_net")));
+        assert!(!s.watches("eni1234abcd", Some("veth")));
+        assert!(!s.watches("lo", None));
+    }
+
+    #[test]
+    fn include_overrides_and_exclude_wins() {
+        let s = Selection {
+            include: Some(Regex::new("^(eth|veth)").unwrap()),
+            exclude: Some(Regex::new("^eth9$").unwrap()),
+            ..Selection::default()
+        };
+        assert!(s.watches("eth0", Some("virtio_net")));
+        assert!(s.watches("veth3", None));
+        assert!(!s.watches("eth9", Some("ena")));
+        assert!(!s.watches("ens5", Some("ena")));
+        let only_exclude = Selection { exclude: Some(Regex::new("ens6").unwrap()), ..Selection::default() };
+        assert!(only_exclude.watches("ens5", Some("ena")));
+        assert!(!only_exclude.watches("ens6", Some("ena")));
+    }
+}
