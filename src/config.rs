@@ -13,12 +13,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use regex_lite::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::Compat;
 
 /// Settings of `enawatch serve`, as flags and as fields of the YAML config file.
-#[derive(clap::Args, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address and port to serve HTTP on. Default: 0.0.0.0:9417.
@@ -50,7 +50,8 @@ pub struct Settings {
     /// ENI id of an interface, for the `eni` label where no `eni-…` altname supplies it:
     /// `DEVICE=ENI` on the command line (repeatable), a map in the file.
     #[arg(long = "eni", value_name = "DEVICE=ENI", value_parser = parse_eni_flag)]
-    #[serde(default, deserialize_with = "eni_map")]
+    #[serde(default, deserialize_with = "eni_map", serialize_with = "eni_map_out")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub eni: Vec<(String, String)>,
 
     /// Compatibility families to add to `/metrics`, comma-separated: `showmax`
@@ -76,6 +77,11 @@ fn parse_eni_flag(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(d, e)| (d.to_owned(), e.to_owned()))
         .ok_or_else(|| format!("{s:?} is not DEVICE=ENI, e.g. ens6=eni-0123456789abcdef0"))
+}
+
+#[allow(clippy::ptr_arg)] // serde's `serialize_with` passes the field as it is
+fn eni_map_out<S: serde::Serializer>(v: &Vec<(String, String)>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, v)| (k, v)))
 }
 
 fn eni_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
@@ -254,6 +260,35 @@ impl Settings {
 }
 
 impl Config {
+    /// The configuration as a config file that would produce it (every field spelled out).
+    pub fn to_yaml(&self) -> String {
+        let re = |r: &Option<Regex>| r.as_ref().map(|r| r.as_str().to_owned());
+        let mut eni: Vec<_> = self.eni.clone().into_iter().collect();
+        eni.sort();
+        let settings = Settings {
+            listen: Some(self.listen.to_string()),
+            interval: Some(HumanDuration(self.interval).to_string()),
+            history: Some(HumanDuration(self.history).to_string()),
+            rediscover_interval: Some(HumanDuration(self.rediscover_interval).to_string()),
+            device_include: re(&self.device_include),
+            device_exclude: re(&self.device_exclude),
+            eni,
+            compat: Some(
+                self.compat
+                    .iter()
+                    .map(|c| match c {
+                        Compat::Showmax => "showmax".to_owned(),
+                        Compat::NodeExporter => "node-exporter".to_owned(),
+                    })
+                    .collect(),
+            ),
+            compat_stats: re(&self.compat_stats),
+            log_level: Some(self.log_level.to_string().to_lowercase()),
+            log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
+        };
+        yaml_serde::to_string(&settings).unwrap_or_default()
+    }
+
     /// History points kept per device.
     pub fn history_points(&self) -> usize {
         usize::try_from(self.history.as_millis() / self.interval.as_millis()).unwrap_or(usize::MAX)
@@ -418,6 +453,21 @@ mod tests {
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.eni["ens6"], "eni-0abc");
         assert_eq!(c.compat, [Compat::Showmax]);
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_the_same() {
+        let settings = Settings {
+            interval: Some("250ms".into()),
+            device_include: Some("^eth".into()),
+            eni: vec![("ens6".into(), "eni-0abc".into())],
+            compat: Some(vec!["node-exporter".into()]),
+            ..Default::default()
+        };
+        let yaml = settings.resolve().unwrap().to_yaml();
+        let again: Settings = yaml_serde::from_str(&yaml).unwrap();
+        assert_eq!(again.resolve().unwrap().to_yaml(), yaml);
+        assert!(yaml.contains("interval: 250ms"), "{yaml}");
     }
 
     #[test]

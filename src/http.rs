@@ -140,7 +140,82 @@ pub async fn serve(listener: StdListener, router: Router) -> std::io::Result<()>
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+    use std::time::Instant;
+
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
     use super::*;
+    use crate::history::Snapshot;
+
+    fn state() -> Arc<AppState> {
+        Arc::new(AppState {
+            store: Arc::new(Store::new(10)),
+            metrics: Options { compat: Vec::new(), interval: Duration::from_secs(1) },
+        })
+    }
+
+    async fn get(state: &Arc<AppState>, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let mut req = Request::get(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app(Arc::clone(state)).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
+    }
+
+    fn published(state: &AppState) {
+        state.store.publish(Arc::new(Snapshot { seq: 1, ..Snapshot::empty() }));
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiates_format_and_compression() {
+        let state = state();
+        published(&state);
+        let (status, headers, body) = get(&state, "/metrics", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], Format::Text.content_type());
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("# TYPE enawatch_build_info gauge"));
+
+        let accept = [("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")];
+        let (_, headers, body) = get(&state, "/metrics", &accept).await;
+        assert_eq!(headers[header::CONTENT_TYPE], Format::OpenMetrics.content_type());
+        assert!(String::from_utf8(body).unwrap().ends_with("# EOF\n"));
+
+        let (_, headers, body) = get(&state, "/metrics", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut plain).unwrap();
+        assert_eq!(plain, text);
+    }
+
+    #[tokio::test]
+    async fn healthz_reports_the_sampler() {
+        let state = state();
+        let (status, _, body) = get(&state, "/healthz", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8(body).unwrap().contains("no sample taken yet"));
+        published(&state);
+        assert_eq!(get(&state, "/healthz", &[]).await.0, StatusCode::OK);
+        let stale = Snapshot { seq: 7, published: Instant::now() - Duration::from_secs(4), ..Snapshot::empty() };
+        state.store.publish(Arc::new(stale));
+        let (status, _, body) = get(&state, "/healthz", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8(body).unwrap().contains("more than 3 intervals"));
+    }
+
+    #[tokio::test]
+    async fn index_links_the_endpoints_and_unknown_paths_are_404() {
+        let state = state();
+        let (status, _, body) = get(&state, "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(String::from_utf8(body).unwrap().contains("href=\"metrics\""));
+        assert_eq!(get(&state, "/nope", &[]).await.0, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn gzip_negotiation() {

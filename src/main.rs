@@ -38,7 +38,9 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         Err(err) => return bad_input(&err),
     };
     if args.check_config {
-        return print_stdout(&format!("configuration ok\n{config:#?}\n"));
+        // The effective configuration on stdout is itself a valid config file.
+        eprintln!("enawatch: configuration ok");
+        return print_stdout(&config.to_yaml());
     }
     init_logging(config.log_level, config.log_json);
     tracing::info!(version = metrics::VERSION, revision = metrics::REVISION, "enawatch starting");

@@ -1,0 +1,345 @@
+//! Test harness: network namespaces with veth pairs, the real `enawatch` binary running
+//! inside them, and a minimal HTTP client that reaches it from a thread moved into the same
+//! namespace. Everything is torn down on drop, also when a test fails.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::os::fd::AsFd as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_enawatch");
+
+/// Fails the test unless it runs as root: a skipped namespace test would pass without
+/// proving anything, and CI runs as root.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test creates network namespaces and must run as root (CI does)"
+    );
+}
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("ew{}-{}-{}", tag, std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command, panicking with its output unless it succeeds.
+pub fn run(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace of the test's own, deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let name = unique(tag);
+        run(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n NS <args>`.
+    pub fn ip(&self, args: &str) {
+        let mut cmd = vec!["ip", "-n", &self.name];
+        cmd.extend(args.split_whitespace());
+        run(&cmd);
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        run(&full)
+    }
+
+    /// `ethtool -S DEV` inside the namespace, parsed.
+    pub fn ethtool_stats(&self, dev: &str) -> BTreeMap<String, u64> {
+        let out = self.exec(&["ethtool", "-S", dev]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().rsplit_once(": "))
+            .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse().ok()?)))
+            .collect()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+        })
+    }
+
+    /// Sends `count` UDP datagrams to `addr` from inside the namespace.
+    pub fn send_udp(&self, addr: &str, count: usize) {
+        self.run_in(|| {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for _ in 0..count {
+                sock.send_to(&[0u8; 200], addr).expect("send");
+            }
+        });
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `node` holds `node_dev` (watched by the agent),
+/// `peer` holds the other end. Traffic from the peer reaches the node through the veth's
+/// NAPI path, so the node device's per-queue statistics really move.
+pub struct VethLab {
+    pub node: Netns,
+    pub peer: Netns,
+}
+
+impl VethLab {
+    /// Creates the pair with `queues` queues per direction and addresses 10.77.0.1 (node)
+    /// and 10.77.0.2 (peer).
+    pub fn new(node_dev: &str, queues: u32) -> Self {
+        let node = Netns::new("node");
+        let peer = Netns::new("peer");
+        let q = queues.to_string();
+        node.ip(&format!(
+            "link add {node_dev} numtxqueues {q} numrxqueues {q} type veth peer name p0 \
+             numtxqueues {q} numrxqueues {q} netns {}",
+            peer.name
+        ));
+        node.ip(&format!("addr add 10.77.0.1/24 dev {node_dev}"));
+        peer.ip("addr add 10.77.0.2/24 dev p0");
+        node.ip(&format!("link set {node_dev} up"));
+        peer.ip("link set p0 up");
+        // veth counts received packets in its per-queue stats only on its NAPI path: GRO
+        // on the receiver, TSO off on the sender (toggled, as GRO may already be on).
+        node.exec(&["ethtool", "-K", node_dev, "gro", "off"]);
+        node.exec(&["ethtool", "-K", node_dev, "gro", "on"]);
+        peer.exec(&["ethtool", "-K", "p0", "tso", "off"]);
+        Self { node, peer }
+    }
+
+    /// Sends traffic from the peer to the node.
+    pub fn traffic(&self, datagrams: usize) {
+        self.peer.send_udp("10.77.0.1:9", datagrams);
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A one-request HTTP/1.1 client (no dependency, no redirects, `Connection: close`).
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Ok(Response { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// Series → value, from a text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, v)| (series.to_owned(), v.parse().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// The real agent, running inside a namespace.
+pub struct Agent<'a> {
+    pub ns: &'a Netns,
+    child: Child,
+    pub addr: String,
+    pub dir: TempDir,
+}
+
+impl<'a> Agent<'a> {
+    /// Starts `enawatch serve` in `ns` on 127.0.0.1:9417 of that namespace, and waits until
+    /// `/healthz` says it has sampled.
+    pub fn start(ns: &'a Netns, args: &[&str]) -> Self {
+        let dir = TempDir::new("agent");
+        let log = File::create(dir.join("stderr.log")).expect("log file");
+        // `ip netns exec` execs the command: the child's PID is the agent's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, BIN, "serve", "--listen", "127.0.0.1:9417"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enawatch");
+        let mut agent = Self { ns, child, addr: "127.0.0.1:9417".into(), dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                panic!("enawatch exited early ({status}): {}", agent.log());
+            }
+            if agent.get("/healthz").is_ok_and(|r| r.status == 200) {
+                return agent;
+            }
+            assert!(Instant::now() < deadline, "enawatch never became healthy: {}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        self.get_with(path, &[])
+    }
+
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        let addr = self.addr.clone();
+        self.ns.run_in(move || http_get(&addr, path, headers))
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = self.get("/metrics").expect("scrape");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// The value of one series, if present.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        parse_metrics(&self.metrics()).get(series).copied()
+    }
+
+    /// Waits until `cond` holds on a scrape, returning that scrape.
+    pub fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = self.metrics();
+            if cond(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{m}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `n` more sampling ticks.
+    pub fn wait_ticks(&self, n: u32) {
+        let samples = |m: &str| parse_metrics(m).get("enawatch_samples_total").copied().unwrap_or(0.0);
+        let start = samples(&self.metrics());
+        self.wait_for("more ticks", |m| samples(m) >= start + f64::from(n));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status and how long the exit took.
+    pub fn stop(mut self) -> (ExitStatus, Duration, String) {
+        let start = Instant::now();
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+        let status = self.child.wait().expect("wait");
+        (status, start.elapsed(), self.log())
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
