@@ -10,9 +10,14 @@ fn main() {
     });
     println!("cargo:rustc-env=ENAWATCH_REVISION={}", revision.as_deref().unwrap_or("unknown"));
     println!("cargo:rerun-if-env-changed=ENAWATCH_REVISION");
-    // Rebuild when HEAD moves (a commit or a checkout), not on every file change.
-    for path in [".git/HEAD", ".git/refs/heads"] {
-        if std::path::Path::new(path).exists() {
+    // Rebuild when HEAD moves (a checkout, or a commit on the branch it names), not on
+    // every file change.
+    let head = std::fs::read_to_string(".git/HEAD").unwrap_or_default();
+    let branch = head.strip_prefix("ref: ").map(|r| format!(".git/{}", r.trim()));
+    for path in
+        [Some(".git/HEAD".to_owned()), branch, Some(".git/packed-refs".to_owned())].into_iter().flatten()
+    {
+        if std::path::Path::new(&path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }
     }

@@ -157,7 +157,11 @@ mod tests {
         })
     }
 
-    async fn get(state: &Arc<AppState>, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+    async fn get(
+        state: &Arc<AppState>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
         let mut req = Request::get(path);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -201,8 +205,9 @@ mod tests {
         assert!(String::from_utf8(body).unwrap().contains("no sample taken yet"));
         published(&state);
         assert_eq!(get(&state, "/healthz", &[]).await.0, StatusCode::OK);
-        let stale = Snapshot { seq: 7, published: Instant::now() - Duration::from_secs(4), ..Snapshot::empty() };
-        state.store.publish(Arc::new(stale));
+        let four_seconds_ago = Instant::now().checked_sub(Duration::from_secs(4)).unwrap();
+        let old = Snapshot { seq: 7, published: four_seconds_ago, ..Snapshot::empty() };
+        state.store.publish(Arc::new(old));
         let (status, _, body) = get(&state, "/healthz", &[]).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(String::from_utf8(body).unwrap().contains("more than 3 intervals"));

@@ -31,13 +31,22 @@ fn interval_below_100ms() {
 
 #[test]
 fn regex_that_does_not_compile() {
-    assert_bad_input(&["serve", "--device-include", "eth(", "--check-config"], "device_include: \"eth(\" is not a valid regex");
-    assert_bad_input(&["serve", "--compat-stats", "[", "--check-config"], "compat_stats: \"[\" is not a valid regex");
+    assert_bad_input(
+        &["serve", "--device-include", "eth(", "--check-config"],
+        "device_include: \"eth(\" is not a valid regex",
+    );
+    assert_bad_input(
+        &["serve", "--compat-stats", "[", "--check-config"],
+        "compat_stats: \"[\" is not a valid regex",
+    );
 }
 
 #[test]
 fn unknown_compat_family() {
-    assert_bad_input(&["serve", "--compat", "showmax,prom", "--check-config"], "compat: \"prom\" is not one of: showmax, node-exporter");
+    assert_bad_input(
+        &["serve", "--compat", "showmax,prom", "--check-config"],
+        "compat: \"prom\" is not one of: showmax, node-exporter",
+    );
 }
 
 #[test]
@@ -53,7 +62,10 @@ fn unknown_field_in_config_file() {
     let path = dir.join("enawatch.yaml");
     std::fs::write(&path, "interval: 2s\nintervall: 1s\n").unwrap();
     let path = path.to_str().unwrap();
-    assert_bad_input(&["serve", "--config", path, "--check-config"], &format!("config file {path}: unknown field `intervall`"));
+    assert_bad_input(
+        &["serve", "--config", path, "--check-config"],
+        &format!("config file {path}: unknown field `intervall`"),
+    );
 }
 
 #[test]
@@ -61,12 +73,18 @@ fn bad_value_in_config_file_names_the_field() {
     let dir = TempDir::new("cli");
     let path = dir.join("enawatch.yaml");
     std::fs::write(&path, "history: forever\n").unwrap();
-    assert_bad_input(&["serve", "--config", path.to_str().unwrap()], "history: \"forever\" is not a duration");
+    assert_bad_input(
+        &["serve", "--config", path.to_str().unwrap()],
+        "history: \"forever\" is not a duration",
+    );
 }
 
 #[test]
 fn missing_config_file() {
-    assert_bad_input(&["serve", "--config", "/nonexistent/enawatch.yaml"], "config file /nonexistent/enawatch.yaml:");
+    assert_bad_input(
+        &["serve", "--config", "/nonexistent/enawatch.yaml"],
+        "config file /nonexistent/enawatch.yaml:",
+    );
 }
 
 #[test]

@@ -78,7 +78,11 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
         at_ms,
         readings: vec![
             Reading { device: Arc::clone(&ens5), schema: Arc::clone(&ens5_schema), values: ens5_values },
-            Reading { device: Arc::clone(&eth1), schema: Arc::clone(&eth1_schema), values: eth1_values.into() },
+            Reading {
+                device: Arc::clone(&eth1),
+                schema: Arc::clone(&eth1_schema),
+                values: eth1_values.into(),
+            },
         ],
         events: Vec::new(),
     };
@@ -88,7 +92,11 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
         // One second later: link-local drops on ens5, pps drops on eth1.
         sample(
             t0 + 1000,
-            with(&ens5_schema, &base, &[("linklocal_allowance_exceeded", 1950), ("conntrack_allowance_available", 136_500)]),
+            with(
+                &ens5_schema,
+                &base,
+                &[("linklocal_allowance_exceeded", 1950), ("conntrack_allowance_available", 136_500)],
+            ),
             [0, 10, 7, 0, 0, 0],
         ),
         // The ENA all-zero glitch on ens5: nothing counted, headroom not zeroed.
@@ -96,12 +104,17 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
         // Back to real values; eth1's driver reset (counters restart from 0).
         sample(
             t0 + 3000,
-            with(&ens5_schema, &base, &[("linklocal_allowance_exceeded", 1990), ("conntrack_allowance_available", 136_400)]),
+            with(
+                &ens5_schema,
+                &base,
+                &[("linklocal_allowance_exceeded", 1990), ("conntrack_allowance_available", 136_400)],
+            ),
             [0, 0, 2, 0, 0, 0],
         ),
     ]));
     let store = Arc::new(Store::new(900));
-    let settings = Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
+    let settings =
+        Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
     let mut sampler = Sampler::new(Box::new(script), settings, Arc::clone(&store));
     for i in 0..4 {
         sampler.tick(t0 + i * 1000);
@@ -167,14 +180,20 @@ fn counter_semantics_show_in_the_exposition() {
     let text = render(&scripted_run(), &options(), Format::Text);
     let has = |line: &str| text.lines().any(|l| l == line);
     // ens5: started at 1893, +57, glitch ignored, +40.
-    assert!(has("ena_allowance_exceeded_packets_total{device=\"ens5\",allowance=\"linklocal\"} 1990"), "{text}");
+    assert!(
+        has("ena_allowance_exceeded_packets_total{device=\"ens5\",allowance=\"linklocal\"} 1990"),
+        "{text}"
+    );
     assert!(has("ena_allowance_exceeded_seconds_total{device=\"ens5\",allowance=\"linklocal\"} 3"), "{text}");
     assert!(has("ena_conntrack_allowance_available{device=\"ens5\"} 136400"));
     assert!(has("enawatch_discarded_samples_total{device=\"ens5\",reason=\"glitch\"} 1"));
     // eth1 (names in another order): pps 0 → 7, then the reset to 2 adds 2; linklocal
     // 10 → 0 is a reset that adds nothing and takes nothing away.
     assert!(has("ena_allowance_exceeded_packets_total{device=\"eth1\",allowance=\"pps\"} 9"), "{text}");
-    assert!(has("ena_allowance_exceeded_packets_total{device=\"eth1\",allowance=\"linklocal\"} 10"), "{text}");
+    assert!(
+        has("ena_allowance_exceeded_packets_total{device=\"eth1\",allowance=\"linklocal\"} 10"),
+        "{text}"
+    );
     assert!(has("enawatch_driver_resets_total{device=\"eth1\"} 1"));
     assert!(has("ena_stat_supported{device=\"eth1\",stat=\"conntrack_allowance_available\"} 0"));
     assert!(!text.contains("ena_conntrack_allowance_available{device=\"eth1\"}"));

@@ -46,14 +46,20 @@ fn every_value_equals_what_the_kernel_reports() {
     assert!(!metrics.contains("device=\"p0\"") && !metrics.contains("device=\"lo\""));
     assert!(metrics.contains("ena_interface_info{device=\"veth0\",driver=\"veth\""), "{metrics}");
     for stat in enawatch::stats::ALLOWANCE_STATS {
-        assert_eq!(series.get(&format!("ena_stat_supported{{device=\"veth0\",stat=\"{stat}\"}}")), Some(&0.0));
+        assert_eq!(
+            series.get(&format!("ena_stat_supported{{device=\"veth0\",stat=\"{stat}\"}}")),
+            Some(&0.0)
+        );
     }
 }
 
 #[test]
 fn a_queue_count_change_shows_the_new_stat_set_without_a_bad_sample() {
     let lab = VethLab::new("veth0", 4);
-    let agent = Agent::start(&lab.node, &["--device-include", "^veth0$", "--compat", "showmax", "--compat-stats", ".*"]);
+    let agent = Agent::start(
+        &lab.node,
+        &["--device-include", "^veth0$", "--compat", "showmax", "--compat-stats", ".*"],
+    );
     lab.traffic(100);
     agent.wait_ticks(2);
     assert!(showmax_values(&agent.metrics(), "veth0").contains_key("rx_queue_3_xdp_packets"));

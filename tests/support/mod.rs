@@ -199,7 +199,7 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.extend([*k, ": ", *v, "\r\n"]);
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes())?;
@@ -208,7 +208,8 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -311,7 +312,11 @@ impl<'a> Agent<'a> {
             if cond(&m) {
                 return m;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{m}\nlog:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last scrape:\n{m}\nlog:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
