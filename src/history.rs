@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub read_errors: Vec<ErrorCount>,
     /// Ticks skipped because the previous one ran late.
     pub missed_ticks: u64,
+    /// The source has no more samples (a replay reached its end): this snapshot is final.
+    pub finished: bool,
 }
 
 impl Snapshot {
@@ -39,6 +41,7 @@ impl Snapshot {
             devices: Vec::new(),
             read_errors: Vec::new(),
             missed_ticks: 0,
+            finished: false,
         }
     }
 }

@@ -87,7 +87,9 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.store.latest();
     let limit = state.metrics.interval * 3;
     let age = snapshot.published.elapsed();
-    let (status, text) = if snapshot.seq == 0 {
+    let (status, text) = if snapshot.finished {
+        (StatusCode::OK, "ok: replay finished; serving its final state\n".to_owned())
+    } else if snapshot.seq == 0 {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no sample taken yet\n".to_owned())
     } else if age > limit {
         let text = format!("unhealthy: last sample {:.1}s ago, more than 3 intervals\n", age.as_secs_f64());

@@ -7,15 +7,19 @@
 //!                                                                  -> metrics -> http
 //! ```
 
+pub mod analysis;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod docs;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod record;
 pub mod sampler;
 pub mod serve;
 pub mod source;
 pub mod stats;
+pub mod top;
 #[allow(unsafe_code)]
 pub mod sys;

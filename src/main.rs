@@ -5,69 +5,83 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use enawatch::cli::{Cli, Command, DocTopic, ServeArgs};
+use enawatch::cli::{Cli, Command, DocTopic, Failure, ReportFormat, ServeArgs};
 use enawatch::config::Settings;
-use enawatch::serve::{self, ServeError};
-use enawatch::{docs, metrics};
+use enawatch::source::simulate::Scenario;
+use enawatch::{analysis, docs, metrics, record, serve, top};
 
 fn main() -> ExitCode {
     // clap itself exits 2 on an unknown flag or a missing value.
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve_command(args),
+        Command::Demo(args) => {
+            init_logging(tracing::Level::INFO, false);
+            serve::demo(&args.listen, &args.scenario)
+        }
+        Command::Top(args) => top::run(&args),
+        Command::Record(args) => {
+            init_logging(tracing::Level::INFO, false);
+            record::run(&args)
+        }
+        Command::Analyze(args) => serve::load_capture(&args.file, args.device.as_deref()).map(|capture| {
+            let report = analysis::analyze(capture, &args.file.display().to_string());
+            match args.format {
+                ReportFormat::Text => print_stdout(&report.to_text()),
+                ReportFormat::Json => {
+                    print_stdout(&(serde_json::to_string_pretty(&report).expect("serializable") + "\n"));
+                }
+            }
+        }),
         Command::Docs { topic } => {
-            let text = match topic {
+            print_stdout(&match topic {
                 DocTopic::Config => docs::config_reference(),
                 DocTopic::Metrics => docs::metrics_table(),
-            };
-            print_stdout(&text)
+            });
+            Ok(())
         }
-    }
-}
-
-fn serve_command(args: ServeArgs) -> ExitCode {
-    let settings = match &args.config {
-        Some(path) => match Settings::from_file(path) {
-            Ok(file) => file.overridden_by(args.settings),
-            Err(err) => return bad_input(&err),
-        },
-        None => args.settings,
     };
-    let config = match settings.resolve() {
-        Ok(config) => config,
-        Err(err) => return bad_input(&err),
-    };
-    if args.check_config {
-        // The effective configuration on stdout is itself a valid config file.
-        eprintln!("enawatch: configuration ok");
-        return print_stdout(&config.to_yaml());
-    }
-    init_logging(config.log_level, config.log_json);
-    tracing::info!(version = metrics::VERSION, revision = metrics::REVISION, "enawatch starting");
-    match serve::run(&config) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(ServeError::Config(err)) => bad_input(&err),
-        Err(ServeError::Other(err)) => {
-            tracing::error!(error = format!("{err:#}"), "enawatch failed");
+        Err(Failure::BadInput(message)) => {
+            eprintln!("enawatch: error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(err)) => {
+            eprintln!("enawatch: error: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn bad_input(err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("enawatch: error: {err}");
-    ExitCode::from(2)
+fn serve_command(args: ServeArgs) -> Result<(), Failure> {
+    if args.source.simulate.as_deref() == Some("help") {
+        print_stdout(&Scenario::help());
+        return Ok(());
+    }
+    let settings = match &args.config {
+        Some(path) => Settings::from_file(path)?.overridden_by(args.settings),
+        None => args.settings,
+    };
+    let config = settings.resolve()?;
+    if args.check_config {
+        // The effective configuration on stdout is itself a valid config file.
+        eprintln!("enawatch: configuration ok");
+        print_stdout(&config.to_yaml());
+        return Ok(());
+    }
+    init_logging(config.log_level, config.log_json);
+    tracing::info!(version = metrics::VERSION, revision = metrics::REVISION, "enawatch starting");
+    serve::run(&config, &args.source)
 }
 
-fn print_stdout(text: &str) -> ExitCode {
+fn print_stdout(text: &str) {
     // A closed pipe (`enawatch docs config | head`) is not worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    ExitCode::SUCCESS
 }
 
 fn init_logging(level: tracing::Level, json: bool) {
-    let builder =
-        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false);
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -1,29 +1,80 @@
-//! `enawatch serve`: wires a source, the sampler thread and the HTTP server together, and
-//! stops them on SIGTERM/SIGINT.
+//! `enawatch serve` and `enawatch demo`: a source, the sampler thread and the HTTP server,
+//! stopped on SIGTERM/SIGINT.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::config::{Config, ConfigError, HumanDuration};
+use crate::capture;
+use crate::cli::{Failure, SourceArgs};
+use crate::config::{Config, ConfigError, HumanDuration, Settings};
 use crate::history::Store;
 use crate::http::{self, AppState};
 use crate::metrics::Options;
-use crate::sampler::{Sampler, Settings};
+use crate::sampler::{wall_ms, Sampler};
 use crate::source::live::{LiveSource, Selection};
+use crate::source::replay::{Playback, ReplaySource};
+use crate::source::simulate::{Scenario, SimulatedSource};
 use crate::source::Source;
 
-/// Why `serve` stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The configuration (including the listen address) is unusable: exit 2.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Anything else: exit 1.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+/// A source and a sentence saying what it is, for the log.
+pub struct Chosen {
+    /// The source.
+    pub source: Box<dyn Source>,
+    /// e.g. "live", "replay of capture.txt", "simulation dns-storm".
+    pub what: String,
+}
+
+/// Builds the source the flags ask for: a replay, a simulation, or this host's interfaces.
+/// A capture or scenario that cannot be used is bad input (exit 2), before anything runs.
+pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failure> {
+    if let Some(path) = &args.replay {
+        let speed = args.speed.unwrap_or(1.0);
+        if !(speed > 0.0 && speed.is_finite()) {
+            return Err(Failure::BadInput(format!("speed: {speed} is not a positive number")));
+        }
+        let capture = load_capture(path, args.device.as_deref())?;
+        let playback = Playback { speed, repeat: args.repeat, vanish: true };
+        return Ok(Chosen {
+            source: Box::new(ReplaySource::new(capture, playback)),
+            what: format!("replay of {}", path.display()),
+        });
+    }
+    if let Some(name) = &args.simulate {
+        let scenario = Scenario::load(name).map_err(Failure::bad)?;
+        return Ok(Chosen { source: Box::new(SimulatedSource::new(scenario)), what: format!("simulation {name}") });
+    }
+    let selection = Selection {
+        include: config.device_include.clone(),
+        exclude: config.device_exclude.clone(),
+        eni: config.eni.clone(),
+    };
+    let live = LiveSource::new(selection, config.rediscover_interval, config.interval)
+        .context("cannot open a socket for the ethtool ioctl")?;
+    Ok(Chosen { source: Box::new(live), what: "live".into() })
+}
+
+/// Reads and parses a capture file (`-`: standard input); errors name the file and line.
+pub fn load_capture(path: &Path, device: Option<&str>) -> Result<capture::Capture, Failure> {
+    let origin = path.display().to_string();
+    let (text, mtime_ms) = if origin == "-" {
+        let text = std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::BadInput(format!("-: {e}")))?;
+        (text, wall_ms())
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{origin}: {e}")))?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let ms = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis());
+        (text, i64::try_from(ms).unwrap_or(0))
+    };
+    let capture = capture::parse(&text, &origin, device.unwrap_or("eth0"), mtime_ms).map_err(Failure::bad)?;
+    if capture.samples.is_empty() {
+        return Err(Failure::BadInput(format!("{origin}: no samples: the file has no statistics")));
+    }
+    Ok(capture)
 }
 
 /// Binds the listen address, or says why it cannot be used.
@@ -35,36 +86,54 @@ pub fn bind(config: &Config) -> Result<TcpListener, ConfigError> {
     })
 }
 
-/// Runs the agent on the live source until a termination signal.
-pub fn run(config: &Config) -> Result<(), ServeError> {
-    let listener = bind(config)?;
-    let selection = Selection {
-        include: config.device_include.clone(),
-        exclude: config.device_exclude.clone(),
-        eni: config.eni.clone(),
-    };
-    let source = LiveSource::new(selection, config.rediscover_interval, config.interval)
-        .context("cannot open a socket for the ethtool ioctl")?;
-    run_with(config, listener, Box::new(source))
+/// A sampler running on its thread; dropping `stop` (or sending on it) ends it.
+pub struct Running {
+    /// Snapshots and history.
+    pub store: Arc<Store>,
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
 }
 
-/// Runs the agent on any source.
-pub fn run_with(config: &Config, listener: TcpListener, source: Box<dyn Source>) -> Result<(), ServeError> {
-    let store = Arc::new(Store::new(config.history_points()));
-    let settings = Settings {
-        interval: config.interval,
-        compat_stats: config.compat_stats.clone(),
-        forget_after_ms: i64::try_from(config.history.as_millis()).unwrap_or(i64::MAX),
-    };
-    let (stop, stopped) = mpsc::channel();
-    let sampler = Sampler::new(source, settings, Arc::clone(&store))
-        .spawn(stopped)
-        .context("cannot start the sampler thread")?;
+impl Running {
+    /// Starts sampling `source` with `config`'s interval and history.
+    pub fn start(config: &Config, source: Box<dyn Source>) -> anyhow::Result<Self> {
+        let store = Arc::new(Store::new(config.history_points()));
+        let settings = crate::sampler::Settings {
+            interval: config.interval,
+            compat_stats: config.compat_stats.clone(),
+            forget_after_ms: i64::try_from(config.history.as_millis()).unwrap_or(i64::MAX),
+        };
+        let (stop, stopped) = mpsc::channel();
+        let thread = Sampler::new(source, settings, Arc::clone(&store))
+            .spawn(stopped)
+            .context("cannot start the sampler thread")?;
+        Ok(Self { store, stop, thread })
+    }
+
+    /// Stops the sampler and waits for it (at most one tick's work).
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs the agent until a termination signal.
+pub fn run(config: &Config, source: &SourceArgs) -> Result<(), Failure> {
+    // Everything that can be bad input is checked before the port is taken.
+    let chosen = build_source(source, config)?;
+    let listener = bind(config)?;
+    run_with(config, listener, chosen)
+}
+
+/// Runs the agent on a chosen source and a bound listener.
+pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Result<(), Failure> {
+    let running = Running::start(config, chosen.source)?;
     let state = Arc::new(AppState {
-        store,
+        store: Arc::clone(&running.store),
         metrics: Options { compat: config.compat.clone(), interval: config.interval },
     });
     info!(
+        source = %chosen.what,
         listen = %listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
         interval = %HumanDuration(config.interval),
         history = %HumanDuration(config.history),
@@ -86,18 +155,38 @@ pub fn run_with(config: &Config, listener: TcpListener, source: Box<dyn Source>)
             }
         }
     });
-    drop(stop);
-    let _ = sampler.join();
+    running.stop();
     // Connections still open are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
     Ok(result?)
 }
 
+/// `enawatch demo`: the dns-storm simulation on a local address, with directions.
+pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
+    let settings = Settings { listen: Some(listen.to_owned()), ..Settings::default() };
+    let config = settings.resolve()?;
+    let source = SourceArgs { simulate: Some(scenario.to_owned()), ..SourceArgs::default() };
+    let chosen = build_source(&source, &config)?;
+    let listener = bind(&config)?;
+    let description = Scenario::load(scenario).map(|s| s.description).unwrap_or_default();
+    let url = format!("http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
+    #[allow(clippy::print_stdout)] // the demo's directions are its output
+    {
+        println!("enawatch demo: a simulated EC2 node, scenario {scenario}:");
+        println!("  {description}\n");
+        println!("  metrics      {url}/metrics");
+        println!("  health       {url}/healthz");
+        println!("  link-local   curl -s {url}/metrics | grep 'allowance=\"linklocal\"'");
+        println!("  terminal     enawatch top --simulate {scenario}\n");
+        println!("Throttling is logged below as it starts and ends (the first burst ~10 s in). Ctrl-C stops.\n");
+    }
+    run_with(&config, listener, chosen)
+}
+
 /// Resolves on SIGTERM or SIGINT, with the signal's name.
-async fn termination() -> &'static str {
+pub async fn termination() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers, the default disposition terminates the process anyway.
         return std::future::pending().await;
     };

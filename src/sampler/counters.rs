@@ -11,8 +11,9 @@
 //!   driver counted since the reset), and the reset is reported;
 //! * a sample in which every hardware statistic reads zero while the last good one did not is
 //!   held back: nothing is counted and the baseline is kept. If the next sample continues
-//!   from the baseline it was the glitch; if it is lower, the reset is counted then, from
-//!   the kept baseline, so nothing is lost either way;
+//!   from the baseline it was the glitch; if it is lower (zeros again included), it is a
+//!   reset, counted then from the kept baseline, so nothing is lost either way. Only one
+//!   sample in a row is ever held back;
 //! * a jump larger than any ENA device can produce in the elapsed time is not counted, so one
 //!   corrupt read cannot add billions of drops: the baseline is kept, and the next sample
 //!   continues from whichever of the two values it follows.
@@ -79,6 +80,8 @@ pub struct DeviceCounters {
     /// and the baseline the driver continues from.
     suspect: [Option<u64>; 5],
     last_at_ms: Option<i64>,
+    /// The previous sample was held back as the all-zero glitch.
+    held_back: bool,
     /// The exported packet counters (`ena_allowance_exceeded_packets_total`).
     pub packets: [u64; 5],
     /// The exported throttled seconds (`ena_allowance_exceeded_seconds_total`).
@@ -114,10 +117,12 @@ impl DeviceCounters {
 
         let baseline_nonzero =
             self.baseline.iter().flatten().any(|&v| v != 0) || self.available.is_some_and(|v| v != 0);
-        if raw.all_zero() && baseline_nonzero {
+        if raw.all_zero() && baseline_nonzero && !self.held_back {
+            self.held_back = true;
             up.glitch = true;
             return up;
         }
+        self.held_back = false;
 
         let elapsed_ms = (at_ms - last_at_ms).max(0);
         let seconds = elapsed_ms as f64 / 1000.0;
@@ -224,6 +229,17 @@ mod tests {
         let up = c.update(2000, &raw(5, 0, None));
         assert!(up.reset[LL]);
         assert_eq!(c.packets[LL], 1005);
+    }
+
+    #[test]
+    fn zeros_that_persist_are_a_reset_not_a_glitch_forever() {
+        let mut c = DeviceCounters::default();
+        c.update(0, &raw(1000, 0, Some(0)));
+        assert!(c.update(1000, &raw(0, 0, Some(0))).glitch);
+        let up = c.update(2000, &raw(0, 0, Some(0)));
+        assert!(!up.glitch && up.reset[LL], "the second zero sample is the reset");
+        assert_eq!(c.update(3000, &raw(6, 0, Some(0))).added[LL], 6);
+        assert_eq!(c.packets[LL], 1006);
     }
 
     #[test]

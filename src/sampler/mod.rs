@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use self::counters::{DeviceCounters, RawAllowances};
 use crate::history::{DeviceState, ErrorCount, Point, Snapshot, Store};
 use crate::source::{Event, ReadError, Reading, Schema, Source};
-use crate::stats::ALLOWANCE_STATS;
+use crate::stats::{Allowance, ALLOWANCE_STATS};
 
 /// What the sampler needs to know.
 #[derive(Clone, Debug)]
@@ -35,6 +35,16 @@ pub struct Settings {
     pub forget_after_ms: i64,
 }
 
+/// An episode being logged: allowance exceeded since `start_ms`.
+struct OpenEpisode {
+    start_ms: i64,
+    last_ms: i64,
+    packets: u64,
+}
+
+/// An episode ends after this long without a new drop (one log line per episode, not per tick).
+const EPISODE_QUIET_MS: i64 = 10_000;
+
 /// The sampler's state between ticks.
 pub struct Sampler {
     source: Box<dyn Source>,
@@ -43,6 +53,8 @@ pub struct Sampler {
     devices: BTreeMap<String, DeviceState>,
     errors: BTreeMap<(String, ReadError), (u64, i64)>,
     failing: BTreeSet<String>,
+    /// Throttling under way, by device and allowance, for one log line at each end.
+    episodes: BTreeMap<(String, Allowance), OpenEpisode>,
     seq: u64,
     missed_ticks: u64,
 }
@@ -57,14 +69,28 @@ impl Sampler {
             devices: BTreeMap::new(),
             errors: BTreeMap::new(),
             failing: BTreeSet::new(),
+            episodes: BTreeMap::new(),
             seq: 0,
             missed_ticks: 0,
         }
     }
 
-    /// Takes one sample at wall-clock `now_ms` and publishes the resulting snapshot.
-    pub fn tick(&mut self, now_ms: i64) -> Arc<Snapshot> {
-        let sample = self.source.sample(now_ms);
+    /// Takes one sample at wall-clock `now_ms` and publishes the resulting snapshot;
+    /// `None` once the source has nothing more (the final snapshot is then published).
+    pub fn tick(&mut self, now_ms: i64) -> Option<Arc<Snapshot>> {
+        let Some(sample) = self.source.sample(now_ms) else {
+            let last = self.store.latest();
+            self.store.publish(Arc::new(Snapshot {
+                seq: last.seq,
+                at_ms: last.at_ms,
+                published: Instant::now(),
+                devices: last.devices.clone(),
+                read_errors: last.read_errors.clone(),
+                missed_ticks: last.missed_ticks,
+                finished: true,
+            }));
+            return None;
+        };
         let at_ms = sample.at_ms;
         let mut points = Vec::with_capacity(sample.readings.len());
         for reading in sample.readings {
@@ -72,7 +98,8 @@ impl Sampler {
                 info!(device = %reading.device.name, "device readable again");
             }
             let name = reading.device.name.clone();
-            if let Some(point) = self.apply(reading, at_ms) {
+            if let Some((point, added)) = self.apply(reading, at_ms) {
+                self.log_drops(&name, &added, at_ms);
                 points.push((name, point));
             }
         }
@@ -93,6 +120,7 @@ impl Sampler {
                 Event::Vanished { device } => {
                     self.count_error(&device, ReadError::NoDevice, at_ms);
                     self.failing.remove(&device);
+                    self.episodes.retain(|(d, _), _| *d != device);
                     if self.devices.remove(&device).is_some() {
                         info!(device = %device, "device vanished; its series are dropped");
                     }
@@ -100,7 +128,8 @@ impl Sampler {
                 }
             }
         }
-        let forget_before = at_ms - self.settings.forget_after_ms;
+        self.close_quiet_episodes(at_ms);
+        let forget_before = at_ms.saturating_sub(self.settings.forget_after_ms);
         let devices = &self.devices;
         self.errors
             .retain(|(device, _), (_, last_ms)| devices.contains_key(device) || *last_ms >= forget_before);
@@ -129,9 +158,40 @@ impl Sampler {
                 })
                 .collect(),
             missed_ticks: self.missed_ticks,
+            finished: false,
         });
         self.store.publish(Arc::clone(&snapshot));
-        snapshot
+        Some(snapshot)
+    }
+
+    /// Logs the start of throttling on a device.
+    fn log_drops(&mut self, device: &str, added: &[u64; 5], at_ms: i64) {
+        for a in Allowance::ALL {
+            let n = added[a.index()];
+            if n == 0 {
+                continue;
+            }
+            let key = (device.to_owned(), a);
+            if let Some(open) = self.episodes.get_mut(&key) {
+                open.last_ms = at_ms;
+                open.packets += n;
+            } else {
+                warn!(device, allowance = a.label(), packets = n, "allowance exceeded: packets queued or dropped");
+                self.episodes.insert(key, OpenEpisode { start_ms: at_ms, last_ms: at_ms, packets: n });
+            }
+        }
+    }
+
+    fn close_quiet_episodes(&mut self, at_ms: i64) {
+        self.episodes.retain(|(device, a), open| {
+            if at_ms - open.last_ms < EPISODE_QUIET_MS {
+                return true;
+            }
+            let seconds = (open.last_ms - open.start_ms) as f64 / 1000.0;
+            info!(device, allowance = a.label(), packets = open.packets, last_drop_seconds_after_first = seconds,
+                "allowance no longer exceeded");
+            false
+        });
     }
 
     fn count_error(&mut self, device: &str, reason: ReadError, at_ms: i64) {
@@ -140,8 +200,9 @@ impl Sampler {
         entry.1 = at_ms;
     }
 
-    /// Runs one reading through the counter semantics; the history point if it has one.
-    fn apply(&mut self, reading: Reading, at_ms: i64) -> Option<Point> {
+    /// Runs one reading through the counter semantics; the history point and the packets
+    /// added, for a device that reports allowance stats.
+    fn apply(&mut self, reading: Reading, at_ms: i64) -> Option<(Point, [u64; 5])> {
         let Reading { device, schema, values } = reading;
         let state = match self.devices.get_mut(&device.name) {
             Some(state) => state,
@@ -177,7 +238,7 @@ impl Sampler {
         state.implausible += update.implausible.iter().filter(|&&b| b).count() as u64;
 
         let tracked = state.counters.supported.iter().any(|&s| s) || state.counters.available_supported;
-        tracked.then(|| Point {
+        tracked.then(|| (Point {
             at_ms,
             added: update.added.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
             available: if update.glitch {
@@ -187,7 +248,7 @@ impl Sampler {
             },
             flags: if update.glitch { Point::GLITCH } else { 0 }
                 | if update.any_reset() { Point::RESET } else { 0 },
-        })
+        }, update.added))
     }
 
     /// Runs ticks on the grid until `shutdown` is dropped or signalled.
@@ -200,7 +261,18 @@ impl Sampler {
             let mut next = anchor;
             loop {
                 let since = i64::try_from(next.duration_since(anchor).as_millis()).unwrap_or(i64::MAX);
-                self.tick(anchor_wall.saturating_add(since));
+                if self.tick(anchor_wall.saturating_add(since)).is_none() {
+                    // Nothing more to read: keep serving the final state until stopped.
+                    let _ = shutdown.recv();
+                    return;
+                }
+                if let Some(pace) = self.source.pace() {
+                    next += pace;
+                    match shutdown.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
                 next += interval;
                 let now = Instant::now();
                 if now > next {

@@ -247,7 +247,7 @@ impl LiveSource {
 }
 
 impl Source for LiveSource {
-    fn sample(&mut self, now_ms: i64) -> Sample {
+    fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let mut sample = Sample { at_ms: now_ms, ..Sample::default() };
         if Instant::now() >= self.next_discovery {
             self.discover();
@@ -266,7 +266,7 @@ impl Source for LiveSource {
             }
             true
         });
-        sample
+        Some(sample)
     }
 }
 

@@ -6,16 +6,27 @@
 //! nothing of counters, history or HTTP. Those live in the sampler and read [`Sample`]s.
 
 pub mod live;
+pub mod replay;
+pub mod simulate;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::stats::AllowanceIndex;
 
 /// A source of samples, polled once per tick by the sampler thread.
 pub trait Source: Send {
     /// Reads every watched device once. `now_ms` is the tick's wall-clock time (Unix
-    /// milliseconds); a source with recorded time may stamp the sample otherwise.
-    fn sample(&mut self, now_ms: i64) -> Sample;
+    /// milliseconds); a source with recorded time stamps the sample with that instead.
+    /// `None` when the source has nothing more to give (the end of a capture).
+    fn sample(&mut self, now_ms: i64) -> Option<Sample>;
+
+    /// How long to wait after the sample just taken before the next one, for a source
+    /// that sets its own pace (a replay follows its recorded timeline). `None`: the
+    /// sampler's fixed interval.
+    fn pace(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Everything one tick read.

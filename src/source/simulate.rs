@@ -1,0 +1,443 @@
+//! The simulated source: an ENA node whose allowances are exceeded on a scripted timeline.
+//!
+//! Devices are named like real ENIs (`ens5`, `ens6`, …) and carry the ENA driver's real stat
+//! names (Linux 6.12 layout). Every value is a pure function of the time since the
+//! simulation started, so a simulation is exactly reproducible: tests simulate, record,
+//! analyze, and find exactly the episodes they injected.
+//!
+//! A scenario is YAML (built-ins are in `scenarios/`):
+//!
+//! ```yaml
+//! description: one line shown by `--simulate help`
+//! devices: 2                  # 1 to 4 ENIs: ens5, ens6, ens7, ens8
+//! conntrack_available: 60000  # starting headroom; null: a driver without the stat
+//! events:
+//!   - kind: drops             # an allowance's exceeded counter grows at `rate` packets/s
+//!     allowance: linklocal    # bw_in, bw_out, pps, conntrack or linklocal
+//!     device: ens5            # default: every device
+//!     at: 10s                 # first start, from the start of the simulation
+//!     duration: 4s
+//!     rate: 300
+//!     every: 40s              # optional: recurs
+//!   - kind: conntrack         # headroom moves linearly to `to` over `duration`
+//!     at: 30s
+//!     duration: 60s
+//!     to: 0
+//!   - kind: reset             # the driver resets: its counters restart from 0
+//!     at: 5m
+//!   - kind: glitch            # one read answers zeros for every hardware stat
+//!     at: 45s
+//!     every: 20s
+//! ```
+
+use std::path::Path;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Device, Reading, Sample, Schema, Source};
+use crate::config::parse_duration;
+use crate::stats::{Allowance, CONNTRACK_AVAILABLE};
+
+/// The built-in scenarios: name, YAML.
+pub const BUILT_IN: [(&str, &str); 5] = [
+    ("steady", include_str!("scenarios/steady.yaml")),
+    ("dns-storm", include_str!("scenarios/dns-storm.yaml")),
+    ("conntrack-exhaustion", include_str!("scenarios/conntrack-exhaustion.yaml")),
+    ("driver-reset", include_str!("scenarios/driver-reset.yaml")),
+    ("glitch", include_str!("scenarios/glitch.yaml")),
+];
+
+/// The stat names and baseline values of a simulated ENI: the ENA driver's Linux 6.12 layout.
+const ENA_STATS: &str = include_str!("../../tests/data/ena-6.12-4q-synthetic.ethtool-S.txt");
+
+/// A duration written like `10s` in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span(i64);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let duration = parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?} {e}")))?;
+        Ok(Span(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    description: String,
+    #[serde(default = "one")]
+    devices: u8,
+    #[serde(default)]
+    conntrack_available: Option<u64>,
+    #[serde(default)]
+    events: Vec<EventSpec>,
+}
+
+fn one() -> u8 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum EventSpec {
+    Drops { allowance: String, rate: u64, at: Span, duration: Span, every: Option<Span>, device: Option<String> },
+    Conntrack { to: u64, at: Span, duration: Span, device: Option<String> },
+    Reset { at: Span, every: Option<Span>, device: Option<String> },
+    Glitch { at: Span, every: Option<Span>, device: Option<String> },
+}
+
+/// When something happens: from `at`, for `duration`, again every `every`.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    at: i64,
+    duration: i64,
+    every: Option<i64>,
+}
+
+impl Window {
+    /// Milliseconds of `[0, t]` inside an occurrence of the window.
+    fn active_ms_until(&self, t: i64) -> i64 {
+        if t <= self.at {
+            return 0;
+        }
+        let since = t - self.at;
+        match self.every {
+            Some(every) => (since / every) * self.duration + (since % every).min(self.duration),
+            None => since.min(self.duration),
+        }
+    }
+
+    /// The latest occurrence start at or before `t`.
+    fn last_start(&self, t: i64) -> Option<i64> {
+        if t < self.at {
+            return None;
+        }
+        Some(match self.every {
+            Some(every) => self.at + (t - self.at) / every * every,
+            None => self.at,
+        })
+    }
+}
+
+/// A checked scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// What it shows.
+    pub description: String,
+    devices: Vec<String>,
+    available: Option<u64>,
+    drops: Vec<(Option<usize>, Allowance, u64, Window)>,
+    ramps: Vec<(Option<usize>, u64, Window)>,
+    resets: Vec<(Option<usize>, Window)>,
+    glitches: Vec<(Option<usize>, Window)>,
+}
+
+/// A scenario that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("scenario {origin}: {message}")]
+pub struct ScenarioError {
+    /// Scenario name or file.
+    pub origin: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Scenario {
+    /// A built-in scenario by name, or a scenario file by path.
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        if let Some((_, yaml)) = BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(yaml, name_or_path);
+        }
+        let looks_like_file = name_or_path.contains('/')
+            || Path::new(name_or_path).extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if !looks_like_file {
+            return Err(ScenarioError {
+                origin: name_or_path.to_owned(),
+                message: format!("no such built-in scenario; known: {}; or give a .yaml file", Self::names()),
+            });
+        }
+        let text = std::fs::read_to_string(name_or_path)
+            .map_err(|e| ScenarioError { origin: name_or_path.to_owned(), message: e.to_string() })?;
+        Self::parse(&text, name_or_path)
+    }
+
+    /// The built-in names, comma-separated.
+    pub fn names() -> String {
+        BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `--simulate help`: the built-in scenarios and how to write one.
+    pub fn help() -> String {
+        let mut s = String::from("Built-in scenarios (enawatch serve --simulate NAME):\n");
+        for (name, yaml) in BUILT_IN {
+            let description = Self::parse(yaml, name).map(|sc| sc.description).unwrap_or_default();
+            let _ = writeln!(s, "  {name:<22}{description}");
+        }
+        s.push_str(
+            "\nA custom timeline: --simulate FILE.yaml, in the format of docs/scenarios.md \
+             (the built-ins are examples).\n",
+        );
+        s
+    }
+
+    /// Parses and checks scenario YAML.
+    pub fn parse(yaml: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let error = |message: String| ScenarioError { origin: origin.to_owned(), message };
+        let file: ScenarioFile = yaml_serde::from_str(yaml).map_err(|e| error(e.to_string()))?;
+        if !(1..=4).contains(&file.devices) {
+            return Err(error(format!("devices: {} is not between 1 and 4", file.devices)));
+        }
+        let devices: Vec<String> = (0..file.devices).map(|i| format!("ens{}", 5 + i)).collect();
+        let device = |i: usize, d: &Option<String>| -> Result<Option<usize>, ScenarioError> {
+            d.as_ref()
+                .map(|name| {
+                    devices.iter().position(|n| n == name).ok_or_else(|| {
+                        error(format!("events[{i}].device: {name:?} is not one of {}", devices.join(", ")))
+                    })
+                })
+                .transpose()
+        };
+        let window = |i: usize, at: Span, duration: Span, every: Option<Span>| {
+            if duration.0 <= 0 {
+                return Err(error(format!("events[{i}].duration must be positive")));
+            }
+            if every.is_some_and(|e| e.0 < duration.0) {
+                return Err(error(format!("events[{i}].every is shorter than its duration")));
+            }
+            Ok(Window { at: at.0, duration: duration.0, every: every.map(|e| e.0) })
+        };
+        let mut scenario = Scenario {
+            description: file.description.trim().to_owned(),
+            devices: devices.clone(),
+            available: file.conntrack_available,
+            drops: Vec::new(),
+            ramps: Vec::new(),
+            resets: Vec::new(),
+            glitches: Vec::new(),
+        };
+        for (i, event) in file.events.iter().enumerate() {
+            match event {
+                EventSpec::Drops { allowance, rate, at, duration, every, device: d } => {
+                    let a = Allowance::ALL.into_iter().find(|a| a.label() == allowance).ok_or_else(|| {
+                        error(format!(
+                            "events[{i}].allowance: {allowance:?} is not one of bw_in, bw_out, pps, conntrack, linklocal"
+                        ))
+                    })?;
+                    scenario.drops.push((device(i, d)?, a, *rate, window(i, *at, *duration, *every)?));
+                }
+                EventSpec::Conntrack { to, at, duration, device: d } => {
+                    if scenario.available.is_none() {
+                        return Err(error(format!(
+                            "events[{i}]: a conntrack event needs conntrack_available at the top"
+                        )));
+                    }
+                    scenario.ramps.push((device(i, d)?, *to, window(i, *at, *duration, None)?));
+                }
+                EventSpec::Reset { at, every, device: d } => {
+                    scenario.resets.push((device(i, d)?, window(i, *at, Span(1), *every)?));
+                }
+                EventSpec::Glitch { at, every, device: d } => {
+                    scenario.glitches.push((device(i, d)?, window(i, *at, Span(1000), *every)?));
+                }
+            }
+        }
+        scenario.ramps.sort_by_key(|(_, _, w)| w.at);
+        Ok(scenario)
+    }
+
+    /// Simulated devices.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
+    /// Every stat value of device `d` at `t` ms after the start, in [`ENA_STATS`] order.
+    fn values(&self, d: usize, t: i64, names: &[String], baseline: &[u64]) -> Vec<u64> {
+        let applies = |target: &Option<usize>| target.is_none_or(|x| x == d);
+        let glitch = self.glitches.iter().any(|(dev, w)| {
+            applies(dev) && w.last_start(t).is_some_and(|start| t < start + w.duration)
+        });
+        // Counters count from the last reset (from zero) or from the baseline.
+        let origin = self.resets.iter().filter(|(dev, _)| applies(dev)).filter_map(|(_, w)| w.last_start(t)).max();
+        let available = self.available.map(|start| {
+            let mut value = start as f64;
+            for (_, to, w) in self.ramps.iter().filter(|(dev, _, _)| applies(dev)) {
+                if t >= w.at + w.duration {
+                    value = *to as f64;
+                } else if t >= w.at {
+                    value += (*to as f64 - value) * (t - w.at) as f64 / w.duration as f64;
+                    break;
+                }
+            }
+            value.round() as u64
+        });
+        names
+            .iter()
+            .zip(baseline)
+            .map(|(name, &base)| {
+                let from = origin.unwrap_or(0);
+                let start = if origin.is_some() { 0 } else { base };
+                if name == CONNTRACK_AVAILABLE {
+                    return if glitch { 0 } else { available.unwrap_or(0) };
+                }
+                if let Some(a) = Allowance::from_stat(name) {
+                    if glitch {
+                        return 0;
+                    }
+                    let dropped: u64 = self
+                        .drops
+                        .iter()
+                        .filter(|(dev, da, _, _)| applies(dev) && *da == a)
+                        .map(|(_, _, rate, w)| {
+                            let ms = w.active_ms_until(t) - w.active_ms_until(from);
+                            rate * u64::try_from(ms.max(0)).unwrap_or(0) / 1000
+                        })
+                        .sum();
+                    return start + dropped;
+                }
+                // Traffic counters grow as if the baseline were one day's worth.
+                let elapsed = u64::try_from((t - from).max(0)).unwrap_or(0);
+                start + base * elapsed / 86_400_000
+            })
+            .collect()
+    }
+}
+
+/// Plays a scenario in real time.
+pub struct SimulatedSource {
+    scenario: Scenario,
+    devices: Vec<(Arc<Device>, Arc<Schema>)>,
+    baseline: Vec<u64>,
+    start_ms: Option<i64>,
+}
+
+impl SimulatedSource {
+    /// A simulation of `scenario`, starting at its first sample.
+    pub fn new(scenario: Scenario) -> Self {
+        let (names, baseline): (Vec<String>, Vec<u64>) = ENA_STATS
+            .lines()
+            .filter_map(|l| l.trim().rsplit_once(": "))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse::<u64>().ok()?)))
+            .filter(|(k, _)| scenario.available.is_some() || k != CONNTRACK_AVAILABLE)
+            .unzip();
+        let schema = Arc::new(Schema::new(names));
+        let devices = scenario
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let device = Device {
+                    name: name.clone(),
+                    driver: "ena".into(),
+                    driver_version: "2.13.0g".into(),
+                    firmware_version: String::new(),
+                    bus_info: format!("0000:00:{:02x}.0", 5 + i),
+                    eni: Some(format!("eni-0e5a{:013x}", 0x1000 + i)),
+                };
+                (Arc::new(device), Arc::clone(&schema))
+            })
+            .collect();
+        Self { scenario, devices, baseline, start_ms: None }
+    }
+
+    /// The values of every device `t` ms into the simulation, as a sample at `at_ms`.
+    pub fn sample_at(&self, at_ms: i64, t: i64) -> Sample {
+        let readings = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, (device, schema))| {
+                // Secondary ENIs carry less traffic.
+                let scale = 1 + u64::try_from(i).unwrap_or(0) * 3;
+                let baseline: Vec<u64> = self.baseline.iter().map(|v| v / scale).collect();
+                let values = self.scenario.values(i, t, &schema.names, &baseline);
+                Reading { device: Arc::clone(device), schema: Arc::clone(schema), values: values.into() }
+            })
+            .collect();
+        Sample { at_ms, readings, events: Vec::new() }
+    }
+}
+
+impl Source for SimulatedSource {
+    fn sample(&mut self, now_ms: i64) -> Option<Sample> {
+        let start = *self.start_ms.get_or_insert(now_ms);
+        Some(self.sample_at(now_ms, now_ms - start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(sample: &Sample, device: usize, stat: &str) -> u64 {
+        let r = &sample.readings[device];
+        let i = r.schema.names.iter().position(|n| n == stat).unwrap();
+        r.values[i]
+    }
+
+    #[test]
+    fn every_built_in_scenario_parses_and_names_real_enis() {
+        for (name, _) in BUILT_IN {
+            let s = Scenario::load(name).unwrap();
+            assert!(!s.description.is_empty());
+            assert!(s.devices().iter().all(|d| d.starts_with("ens")));
+        }
+        assert!(Scenario::help().contains("dns-storm"));
+    }
+
+    #[test]
+    fn dns_storm_drops_link_local_packets_in_bursts() {
+        let sim = SimulatedSource::new(Scenario::load("dns-storm").unwrap());
+        let ll = |t| value(&sim.sample_at(t, t), 0, "linklocal_allowance_exceeded");
+        let base = ll(0);
+        assert_eq!(ll(8_000), base, "nothing before the burst");
+        assert_eq!(ll(10_000), base + 700, "350/s for 2 s");
+        assert_eq!(ll(12_000), base + 1400);
+        assert_eq!(ll(20_000), base + 1400, "quiet after 4 s");
+        assert_eq!(ll(50_000), base + 1400 + 180 + 700, "the second burst, then the next cycle");
+        assert_eq!(value(&sim.sample_at(0, 50_000), 1, "linklocal_allowance_exceeded"), base / 4, "ens6 is quiet");
+    }
+
+    #[test]
+    fn conntrack_headroom_falls_to_zero_then_drops_start() {
+        let sim = SimulatedSource::new(Scenario::load("conntrack-exhaustion").unwrap());
+        let at = |t, stat| value(&sim.sample_at(t, t), 0, stat);
+        assert_eq!(at(0, CONNTRACK_AVAILABLE), 30_000);
+        assert_eq!(at(50_000, CONNTRACK_AVAILABLE), 15_000);
+        assert_eq!(at(90_000, CONNTRACK_AVAILABLE), 0);
+        let before = at(90_000, "conntrack_allowance_exceeded");
+        assert_eq!(at(100_000, "conntrack_allowance_exceeded"), before + 2000);
+        assert_eq!(at(200_000, CONNTRACK_AVAILABLE), 30_000);
+    }
+
+    #[test]
+    fn resets_restart_from_zero_and_glitches_read_zero_once() {
+        let sim = SimulatedSource::new(Scenario::load("driver-reset").unwrap());
+        let ll = |t| value(&sim.sample_at(t, t), 0, "linklocal_allowance_exceeded");
+        assert!(ll(19_000) > 500);
+        assert_eq!(ll(21_000), 0);
+        assert_eq!(ll(67_000), 200, "counting from zero after the reset");
+        let sim = SimulatedSource::new(Scenario::load("glitch").unwrap());
+        let sample = |t| sim.sample_at(t, t);
+        assert_eq!(value(&sample(5_000), 0, "bw_out_allowance_exceeded"), 0);
+        assert_eq!(value(&sample(6_000), 0, "bw_out_allowance_exceeded"), 1217);
+        assert_eq!(value(&sample(25_500), 0, "pps_allowance_exceeded"), 0);
+    }
+
+    #[test]
+    fn bad_scenarios_say_what_and_where() {
+        let err = |yaml: &str| Scenario::parse(yaml, "x.yaml").unwrap_err().to_string();
+        assert!(err("description: d\ndevices: 5\n").contains("devices: 5 is not between 1 and 4"));
+        assert!(err("description: d\nevents:\n - kind: drops\n   allowance: dns\n   rate: 1\n   at: 1s\n   duration: 1s\n")
+            .contains("events[0].allowance: \"dns\" is not one of"));
+        assert!(err("description: d\nevents:\n - kind: glitch\n   at: soon\n").contains("\"soon\""));
+        assert!(err("description: d\nevents:\n - kind: glitch\n   at: 1s\n   device: ens9\n")
+            .contains("events[0].device: \"ens9\" is not one of ens5"));
+        assert!(err("description: d\ncolor: red\n").contains("unknown field `color`"));
+        let unknown = Scenario::load("dns-strom").unwrap_err().to_string();
+        assert!(unknown.contains("known: steady, dns-storm"), "{unknown}");
+    }
+}
