@@ -230,14 +230,18 @@ pub fn advice(a: Allowance) -> &'static str {
 
 /// Replays `capture` through the counter semantics and reports on it.
 pub fn analyze(capture: Capture, source: &str) -> Report {
-    let samples = capture.samples.len();
+    let count = capture.samples.len();
     let (first_ms, last_ms) = match (capture.samples.first(), capture.samples.last()) {
         (Some(a), Some(b)) => (a.at_ms, b.at_ms),
         _ => (0, 0),
     };
-    let store = Arc::new(Store::new(samples + 1));
+    let store = Arc::new(Store::new(count + 1));
     let replay = ReplaySource::new(capture, Playback { speed: f64::INFINITY, repeat: false, vanish: false });
-    let settings = Settings { interval: std::time::Duration::from_secs(1), compat_stats: None, forget_after_ms: i64::MAX };
+    let settings = Settings {
+        interval: std::time::Duration::from_secs(1),
+        compat_stats: None,
+        forget_after_ms: i64::MAX,
+    };
     let mut sampler = Sampler::new(Box::new(replay), settings, Arc::clone(&store));
     while sampler.tick(0).is_some() {}
 
@@ -256,7 +260,9 @@ pub fn analyze(capture: Capture, source: &str) -> Report {
                             allowance: a.label(),
                             supported: d.counters.supported[a.index()],
                             packets: episodes.iter().map(|e| e.packets).sum(),
-                            throttled_seconds: round_ms(episodes.iter().fold(0.0, |sum, e| sum + e.duration_seconds)),
+                            throttled_seconds: round_ms(
+                                episodes.iter().fold(0.0, |sum, e| sum + e.duration_seconds),
+                            ),
                             episodes,
                         }
                     })
@@ -265,14 +271,16 @@ pub fn analyze(capture: Capture, source: &str) -> Report {
                     .iter()
                     .filter(|p| p.available != Point::NO_VALUE && p.flags & Point::GLITCH == 0)
                     .min_by_key(|p| (p.available, p.at_ms));
-                let flagged = |flag| points.iter().filter(|p| p.flags & flag != 0).map(|p| rfc3339(p.at_ms)).collect();
+                let flagged =
+                    |flag| points.iter().filter(|p| p.flags & flag != 0).map(|p| rfc3339(p.at_ms)).collect();
                 DeviceReport {
                     device: d.device.name.clone(),
                     driver: d.device.driver.clone(),
                     driver_version: d.device.driver_version.clone(),
                     eni: d.device.eni.clone(),
                     allowances,
-                    conntrack_available_min: low.map(|p| LowWater { value: u64::from(p.available), at: rfc3339(p.at_ms) }),
+                    conntrack_available_min: low
+                        .map(|p| LowWater { value: u64::from(p.available), at: rfc3339(p.at_ms) }),
                     resets: flagged(Point::RESET),
                     glitches: flagged(Point::GLITCH),
                 }
@@ -280,7 +288,15 @@ pub fn analyze(capture: Capture, source: &str) -> Report {
             .collect()
     });
     let verdict = verdict(&devices);
-    Report { version: 1, source: source.to_owned(), samples, start: rfc3339(first_ms), end: rfc3339(last_ms), devices, verdict }
+    Report {
+        version: 1,
+        source: source.to_owned(),
+        samples: count,
+        start: rfc3339(first_ms),
+        end: rfc3339(last_ms),
+        devices,
+        verdict,
+    }
 }
 
 fn verdict(devices: &[DeviceReport]) -> Verdict {
@@ -318,7 +334,10 @@ fn verdict(devices: &[DeviceReport]) -> Verdict {
     } else {
         let parts: Vec<String> = findings
             .iter()
-            .map(|f| format!("{} on {} ({} packets in {} episodes)", f.allowance, f.devices.join(", "), f.packets, f.episodes))
+            .map(|f| {
+                let episodes = plural(f.episodes, "episode");
+                format!("{} on {} ({} packets in {episodes})", f.allowance, f.devices.join(", "), f.packets)
+            })
             .collect();
         format!("Throttled: {}.", parts.join("; "))
     };
@@ -338,7 +357,12 @@ impl Report {
             if let Some(eni) = &d.eni {
                 about.push(eni.clone());
             }
-            let _ = writeln!(s, "{}{}", d.device, if about.is_empty() { String::new() } else { format!(" ({})", about.join(", ")) });
+            let _ = writeln!(
+                s,
+                "{}{}",
+                d.device,
+                if about.is_empty() { String::new() } else { format!(" ({})", about.join(", ")) }
+            );
             let mut quiet = true;
             for a in &d.allowances {
                 if !a.supported {
@@ -350,9 +374,9 @@ impl Report {
                 quiet = false;
                 let _ = writeln!(
                     s,
-                    "  {:<10} {} episodes, {} packets, {}s throttled",
+                    "  {:<10} {}, {} packets, {}s throttled",
                     a.allowance,
-                    a.episodes.len(),
+                    plural(a.episodes.len(), "episode"),
                     a.packets,
                     a.throttled_seconds
                 );
@@ -364,9 +388,13 @@ impl Report {
                     );
                 }
             }
-            let unsupported: Vec<&str> = d.allowances.iter().filter(|a| !a.supported).map(|a| a.allowance).collect();
+            let unsupported: Vec<&str> =
+                d.allowances.iter().filter(|a| !a.supported).map(|a| a.allowance).collect();
             if unsupported.len() == 5 {
-                let _ = writeln!(s, "  the driver reports no allowance statistics (ENA driver 2.2.10 or later needed)");
+                let _ = writeln!(
+                    s,
+                    "  the driver reports no allowance statistics (ENA driver 2.2.10 or later needed)"
+                );
             } else if quiet {
                 let _ = writeln!(s, "  no allowance exceeded");
             }
@@ -387,6 +415,10 @@ impl Report {
         }
         s
     }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Seconds rounded to the millisecond, so sums of intervals print as they were recorded.
@@ -442,7 +474,10 @@ mod tests {
         assert_eq!((e[0].duration_seconds, e[0].packets, e[0].peak_pps), (2.0, 400, 300.0));
         assert_eq!(e[0].start, rfc3339(0));
         // After a glitch the interval runs from the last good sample.
-        assert_eq!((e[1].start.as_str(), e[1].duration_seconds, e[1].peak_pps), (rfc3339(3000).as_str(), 2.0, 25.0));
+        assert_eq!(
+            (e[1].start.as_str(), e[1].duration_seconds, e[1].peak_pps),
+            (rfc3339(3000).as_str(), 2.0, 25.0)
+        );
         assert!(episodes(&points, Allowance::Pps).is_empty());
     }
 }

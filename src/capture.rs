@@ -70,7 +70,12 @@ pub struct ParseError {
 
 /// Parses a capture. `default_device` names stats that precede any `===` line;
 /// `default_at_ms` stamps a capture without any `@` line.
-pub fn parse(text: &str, origin: &str, default_device: &str, default_at_ms: i64) -> Result<Capture, ParseError> {
+pub fn parse(
+    text: &str,
+    origin: &str,
+    default_device: &str,
+    default_at_ms: i64,
+) -> Result<Capture, ParseError> {
     let mut capture = Capture::default();
     let mut timed = false;
     for (i, raw) in text.lines().enumerate() {
@@ -83,7 +88,9 @@ pub fn parse(text: &str, origin: &str, default_device: &str, default_at_ms: i64)
         }
         if let Some(ts) = line.strip_prefix('@') {
             let at_ms = parse_timestamp(ts.trim()).ok_or_else(|| {
-                err(format!("expected a Unix timestamp such as @1763794155.123 (date +@%s.%N), found {line:?}"))
+                err(format!(
+                    "expected a Unix timestamp such as @1763794155.123 (date +@%s.%N), found {line:?}"
+                ))
             })?;
             if let Some(prev) = capture.samples.last().filter(|_| timed) {
                 if at_ms <= prev.at_ms {
@@ -126,10 +133,16 @@ pub fn parse(text: &str, origin: &str, default_device: &str, default_at_ms: i64)
             )));
         };
         let value = value.trim().parse::<u64>().map_err(|e| {
-            err(format!("expected an unsigned 64-bit value for {:?}, found {:?} ({e})", name.trim(), value.trim()))
+            err(format!(
+                "expected an unsigned 64-bit value for {:?}, found {:?} ({e})",
+                name.trim(),
+                value.trim()
+            ))
         })?;
         if sample.devices.is_empty() {
-            sample.devices.push(CapturedDevice { name: default_device.to_owned(), ..CapturedDevice::default() });
+            sample
+                .devices
+                .push(CapturedDevice { name: default_device.to_owned(), ..CapturedDevice::default() });
         }
         let device = sample.devices.last_mut().expect("pushed above");
         device.stats.push((name.trim().to_owned(), value));
@@ -140,7 +153,10 @@ pub fn parse(text: &str, origin: &str, default_device: &str, default_at_ms: i64)
 /// `1763794155.123456789` → Unix milliseconds.
 fn parse_timestamp(s: &str) -> Option<i64> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let secs: i64 = secs.parse().ok()?;
@@ -209,8 +225,28 @@ mod tests {
             assert_eq!(c.samples[0].at_ms, 42);
             let d = &c.samples[0].devices[0];
             assert_eq!(d.name, "eth0");
-            assert_eq!(d.stats, [("tx_timeout".into(), 0), ("bw_in_allowance_exceeded".into(), 5)], "{text:?}");
+            assert_eq!(
+                d.stats,
+                [("tx_timeout".into(), 0), ("bw_in_allowance_exceeded".into(), 5)],
+                "{text:?}"
+            );
         }
+    }
+
+    #[test]
+    fn the_shared_ena_fixtures_parse() {
+        let full = one(include_str!("../tests/data/ena-6.12-4q-synthetic.ethtool-S.txt"));
+        let stats = &full.samples[0].devices[0].stats;
+        assert_eq!(stats.len(), 160);
+        assert!(stats.contains(&("linklocal_allowance_exceeded".into(), 1893)));
+        assert!(stats.iter().any(|(n, _)| n == "queue_3_rx_rx_copybreak_pkt"), "quirky names survive");
+        // The AWS documentation's excerpt: no header, space-indented.
+        let docs = one(include_str!("../tests/data/ena-allowances-aws-docs-excerpt.txt"));
+        let names: Vec<&str> = docs.samples[0].devices[0].stats.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, crate::stats::ALLOWANCE_STATS);
+        // ENA Express excerpt: tab-indented, with the header.
+        let srd = one(include_str!("../tests/data/ena-srd-aws-docs-excerpt.txt"));
+        assert_eq!(srd.samples[0].devices[0].stats[0], ("ena_srd_mode".into(), 1));
     }
 
     #[test]
@@ -229,10 +265,9 @@ mod tests {
 
     #[test]
     fn quirky_names_and_extreme_values() {
-        let c = one(
-            "     queue_0_tx_tx_poll: 1\n     refil_partial: 2\n     rx-errors: 3\n     tx queue 0: 4\n\
-             \x20    big: 18446744073709551615\n",
-        );
+        let c =
+            one("     queue_0_tx_tx_poll: 1\n     refil_partial: 2\n     rx-errors: 3\n     tx queue 0: 4\n\
+             \x20    big: 18446744073709551615\n");
         let stats = &c.samples[0].devices[0].stats;
         assert_eq!(stats[2].0, "rx-errors");
         assert_eq!(stats[3], ("tx queue 0".into(), 4));
@@ -249,8 +284,14 @@ mod tests {
         assert!(error("a: 1\nhello world\n").starts_with("cap.txt:2: expected `@TIMESTAMP`"));
         assert!(error(" a: -1\n").starts_with("cap.txt:1: expected an unsigned 64-bit value"));
         assert!(error("@yesterday\n").starts_with("cap.txt:1: expected a Unix timestamp"));
-        assert_eq!(error("@2.0\n a: 1\n@1.5\n"), "cap.txt:3: timestamps must increase: @1.500 is not after @2.000");
-        assert_eq!(error("@1\n=== a\n x: 1\n=== a\n"), "cap.txt:4: device a appears twice in the same sample");
+        assert_eq!(
+            error("@2.0\n a: 1\n@1.5\n"),
+            "cap.txt:3: timestamps must increase: @1.500 is not after @2.000"
+        );
+        assert_eq!(
+            error("@1\n=== a\n x: 1\n=== a\n"),
+            "cap.txt:4: device a appears twice in the same sample"
+        );
         assert_eq!(error(" a: 1\n@5\n"), "cap.txt:2: stats appear before the first @timestamp line");
         assert!(error("=== \n").contains("expected a device name"));
         assert!(error("=== ens5 oops\n").contains("expected key=value"));
@@ -262,7 +303,10 @@ mod tests {
             at_ms: 1_763_794_155_007,
             devices: vec![CapturedDevice {
                 name: "ens5".into(),
-                attributes: vec![("driver".into(), "ena".into()), ("firmware_version".into(), "a b=c%".into())],
+                attributes: vec![
+                    ("driver".into(), "ena".into()),
+                    ("firmware_version".into(), "a b=c%".into()),
+                ],
                 stats: vec![("tx_timeout".into(), 0), ("x".into(), u64::MAX)],
             }],
         };

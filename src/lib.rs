@@ -20,6 +20,6 @@ pub mod sampler;
 pub mod serve;
 pub mod source;
 pub mod stats;
-pub mod top;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod top;

@@ -81,7 +81,8 @@ fn print_stdout(text: &str) {
 }
 
 fn init_logging(level: tracing::Level, json: bool) {
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false);
+    let builder =
+        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false);
     if json {
         builder.json().flatten_event(true).init();
     } else {

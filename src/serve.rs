@@ -46,7 +46,10 @@ pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failur
     }
     if let Some(name) = &args.simulate {
         let scenario = Scenario::load(name).map_err(Failure::bad)?;
-        return Ok(Chosen { source: Box::new(SimulatedSource::new(scenario)), what: format!("simulation {name}") });
+        return Ok(Chosen {
+            source: Box::new(SimulatedSource::new(scenario)),
+            what: format!("simulation {name}"),
+        });
     }
     let selection = Selection {
         include: config.device_include.clone(),
@@ -62,12 +65,14 @@ pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failur
 pub fn load_capture(path: &Path, device: Option<&str>) -> Result<capture::Capture, Failure> {
     let origin = path.display().to_string();
     let (text, mtime_ms) = if origin == "-" {
-        let text = std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::BadInput(format!("-: {e}")))?;
+        let text =
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::BadInput(format!("-: {e}")))?;
         (text, wall_ms())
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{origin}: {e}")))?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let ms = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis());
+        let ms =
+            mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis());
         (text, i64::try_from(ms).unwrap_or(0))
     };
     let capture = capture::parse(&text, &origin, device.unwrap_or("eth0"), mtime_ms).map_err(Failure::bad)?;
@@ -178,7 +183,9 @@ pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
         println!("  health       {url}/healthz");
         println!("  link-local   curl -s {url}/metrics | grep 'allowance=\"linklocal\"'");
         println!("  terminal     enawatch top --simulate {scenario}\n");
-        println!("Throttling is logged below as it starts and ends (the first burst ~10 s in). Ctrl-C stops.\n");
+        println!(
+            "Throttling is logged below as it starts and ends (the first burst ~10 s in). Ctrl-C stops.\n"
+        );
     }
     run_with(&config, listener, chosen)
 }
@@ -186,7 +193,8 @@ pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
 /// Resolves on SIGTERM or SIGINT, with the signal's name.
 pub async fn termination() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         // Without signal handlers, the default disposition terminates the process anyway.
         return std::future::pending().await;
     };

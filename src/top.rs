@@ -78,12 +78,22 @@ fn rows(store: &Store) -> (Vec<Row>, i64, bool) {
                     allowance: a.label(),
                     recent: recent(&points, a),
                     total: d.counters.packets[a.index()],
-                    available: if first { d.counters.available.filter(|_| d.counters.available_supported) } else { None },
+                    available: if first {
+                        d.counters.available.filter(|_| d.counters.available_supported)
+                    } else {
+                        None
+                    },
                 });
                 first = false;
             }
             if first {
-                rows.push(Row { device: d.device.name.clone(), allowance: "(none)", recent: Recent::default(), total: 0, available: None });
+                rows.push(Row {
+                    device: d.device.name.clone(),
+                    allowance: "(none)",
+                    recent: Recent::default(),
+                    total: 0,
+                    available: None,
+                });
             }
         }
         rows
@@ -91,18 +101,26 @@ fn rows(store: &Store) -> (Vec<Row>, i64, bool) {
     (rows, snapshot.at_ms, snapshot.finished)
 }
 
-const HEADER: &str = "DEVICE    ALLOWANCE    PKTS/S  THROTTLED 1m  THROTTLED 15m         TOTAL  CONNTRACK AVAIL";
+const HEADER: &str =
+    "DEVICE    ALLOWANCE    PKTS/S  THROTTLED 1m  THROTTLED 15m         TOTAL  CONNTRACK AVAIL";
 
 fn line(r: &Row) -> String {
     let available = r.available.map(|a| a.to_string()).unwrap_or_default();
     format!(
         "{:<9} {:<10} {:>8.0} {:>12}s {:>13}s {:>13} {:>16}",
-        r.device, r.allowance, r.recent.pps, r.recent.throttled_1m, r.recent.throttled_15m, r.total, available
+        r.device,
+        r.allowance,
+        r.recent.pps,
+        r.recent.throttled_1m,
+        r.recent.throttled_15m,
+        r.total,
+        available
     )
 }
 
 fn status(rows: &[Row]) -> String {
-    let hot: Vec<String> = rows.iter().filter(|r| r.hot()).map(|r| format!("{} {}", r.device, r.allowance)).collect();
+    let hot: Vec<String> =
+        rows.iter().filter(|r| r.hot()).map(|r| format!("{} {}", r.device, r.allowance)).collect();
     if hot.is_empty() {
         "not throttled right now".to_owned()
     } else {
@@ -118,7 +136,13 @@ fn plain(store: &Store, title: &str, interval: Duration, iterations: Option<u64>
         let (rows, at_ms, finished) = rows(store);
         let mut s = format!("{title} · {}\n{}\n   {HEADER}\n", rfc3339(at_ms), status(&rows));
         for r in &rows {
-            let mark = if r.hot() { "!! " } else if r.warm() { " ! " } else { "   " };
+            let mark = if r.hot() {
+                "!! "
+            } else if r.warm() {
+                " ! "
+            } else {
+                "   "
+            };
             let _ = writeln!(s, "{mark}{}", line(r));
         }
         s.push('\n');
@@ -151,7 +175,12 @@ impl Drop for Screen {
     }
 }
 
-fn interactive(store: &Store, title: &str, interval: Duration, iterations: Option<u64>) -> anyhow::Result<()> {
+fn interactive(
+    store: &Store,
+    title: &str,
+    interval: Duration,
+    iterations: Option<u64>,
+) -> anyhow::Result<()> {
     let _screen = Screen::enter().context("cannot set up the terminal")?;
     let mut out = io::stdout();
     let refresh = interval.max(Duration::from_millis(200));

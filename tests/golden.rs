@@ -5,7 +5,7 @@
 //! After an intended change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test golden`.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,9 @@ use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
-use std::io::Write as _;
+
+mod support;
+use support::check_golden;
 
 /// `ethtool -S` text → (names, values).
 fn ethtool_s(text: &str) -> (Vec<String>, Vec<u64>) {
@@ -129,21 +131,6 @@ fn options() -> Options {
 /// The revision label changes with every commit; the golden file holds a placeholder.
 fn normalise(s: &str) -> String {
     s.replace(&format!("revision=\"{}\"", enawatch::metrics::REVISION), "revision=\"REVISION\"")
-}
-
-fn check_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var_os("ENAWATCH_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{} is stale; if the change is intended, run ENAWATCH_UPDATE_GOLDEN=1 cargo test --test golden\n\
-         --- expected\n{expected}\n--- actual\n{actual}",
-        path.display()
-    );
 }
 
 #[test]

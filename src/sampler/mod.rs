@@ -176,7 +176,12 @@ impl Sampler {
                 open.last_ms = at_ms;
                 open.packets += n;
             } else {
-                warn!(device, allowance = a.label(), packets = n, "allowance exceeded: packets queued or dropped");
+                warn!(
+                    device,
+                    allowance = a.label(),
+                    packets = n,
+                    "allowance exceeded: packets queued or dropped"
+                );
                 self.episodes.insert(key, OpenEpisode { start_ms: at_ms, last_ms: at_ms, packets: n });
             }
         }
@@ -188,8 +193,13 @@ impl Sampler {
                 return true;
             }
             let seconds = (open.last_ms - open.start_ms) as f64 / 1000.0;
-            info!(device, allowance = a.label(), packets = open.packets, last_drop_seconds_after_first = seconds,
-                "allowance no longer exceeded");
+            info!(
+                device,
+                allowance = a.label(),
+                packets = open.packets,
+                last_drop_seconds_after_first = seconds,
+                "allowance no longer exceeded"
+            );
             false
         });
     }
@@ -238,17 +248,22 @@ impl Sampler {
         state.implausible += update.implausible.iter().filter(|&&b| b).count() as u64;
 
         let tracked = state.counters.supported.iter().any(|&s| s) || state.counters.available_supported;
-        tracked.then(|| (Point {
-            at_ms,
-            added: update.added.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
-            available: if update.glitch {
-                Point::NO_VALUE
-            } else {
-                available.map_or(Point::NO_VALUE, |v| u32::try_from(v).unwrap_or(Point::NO_VALUE - 1))
-            },
-            flags: if update.glitch { Point::GLITCH } else { 0 }
-                | if update.any_reset() { Point::RESET } else { 0 },
-        }, update.added))
+        tracked.then(|| {
+            (
+                Point {
+                    at_ms,
+                    added: update.added.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+                    available: if update.glitch {
+                        Point::NO_VALUE
+                    } else {
+                        available.map_or(Point::NO_VALUE, |v| u32::try_from(v).unwrap_or(Point::NO_VALUE - 1))
+                    },
+                    flags: if update.glitch { Point::GLITCH } else { 0 }
+                        | if update.any_reset() { Point::RESET } else { 0 },
+                },
+                update.added,
+            )
+        })
     }
 
     /// Runs ticks on the grid until `shutdown` is dropped or signalled.

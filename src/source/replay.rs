@@ -56,7 +56,9 @@ impl ReplaySource {
     fn average_interval_ms(&self) -> i64 {
         let s = &self.capture.samples;
         match (s.first(), s.last()) {
-            (Some(a), Some(b)) if s.len() > 1 => ((b.at_ms - a.at_ms) / (s.len() as i64 - 1)).max(1),
+            (Some(a), Some(b)) if s.len() > 1 => {
+                ((b.at_ms - a.at_ms) / i64::try_from(s.len() - 1).unwrap_or(i64::MAX)).max(1)
+            }
             _ => 1000,
         }
     }
@@ -81,9 +83,10 @@ impl ReplaySource {
 
     fn reading(&mut self, captured: &CapturedDevice) -> Reading {
         let names: Vec<&str> = captured.stats.iter().map(|(n, _)| n.as_str()).collect();
-        let entry = self.devices.entry(captured.name.clone()).or_insert_with(|| {
-            (Arc::new(device_of(captured)), Arc::new(Schema::new(Vec::new())))
-        });
+        let entry = self
+            .devices
+            .entry(captured.name.clone())
+            .or_insert_with(|| (Arc::new(device_of(captured)), Arc::new(Schema::new(Vec::new()))));
         if entry.1.names.iter().map(String::as_str).ne(names.iter().copied()) {
             entry.1 = Arc::new(Schema::new(names.iter().map(|n| (*n).to_owned()).collect()));
         }
@@ -121,7 +124,8 @@ impl Source for ReplaySource {
         self.next += 1;
         let mut sample = Sample { at_ms: captured.at_ms + self.time_offset_ms, ..Sample::default() };
         // A device with a `===` line but no stats had no readable statistics then.
-        let readable: Vec<&CapturedDevice> = captured.devices.iter().filter(|d| !d.stats.is_empty()).collect();
+        let readable: Vec<&CapturedDevice> =
+            captured.devices.iter().filter(|d| !d.stats.is_empty()).collect();
         for d in &readable {
             let reading = self.reading(d);
             sample.readings.push(reading);
@@ -153,7 +157,8 @@ mod tests {
     use super::*;
     use crate::capture::parse;
 
-    const TEXT: &str = "@10\n=== ens5 driver=ena\n a: 5\n conntrack_allowance_available: 9\n=== ens6\n a: 1\n\
+    const TEXT: &str =
+        "@10\n=== ens5 driver=ena\n a: 5\n conntrack_allowance_available: 9\n=== ens6\n a: 1\n\
                         @11\n=== ens5 driver=ena\n a: 7\n conntrack_allowance_available: 8\n";
 
     fn replay(playback: Playback) -> ReplaySource {

@@ -5,33 +5,10 @@
 //! simulation started, so a simulation is exactly reproducible: tests simulate, record,
 //! analyze, and find exactly the episodes they injected.
 //!
-//! A scenario is YAML (built-ins are in `scenarios/`):
-//!
-//! ```yaml
-//! description: one line shown by `--simulate help`
-//! devices: 2                  # 1 to 4 ENIs: ens5, ens6, ens7, ens8
-//! conntrack_available: 60000  # starting headroom; null: a driver without the stat
-//! events:
-//!   - kind: drops             # an allowance's exceeded counter grows at `rate` packets/s
-//!     allowance: linklocal    # bw_in, bw_out, pps, conntrack or linklocal
-//!     device: ens5            # default: every device
-//!     at: 10s                 # first start, from the start of the simulation
-//!     duration: 4s
-//!     rate: 300
-//!     every: 40s              # optional: recurs
-//!   - kind: conntrack         # headroom moves linearly to `to` over `duration`
-//!     at: 30s
-//!     duration: 60s
-//!     to: 0
-//!   - kind: reset             # the driver resets: its counters restart from 0
-//!     at: 5m
-//!   - kind: glitch            # one read answers zeros for every hardware stat
-//!     at: 45s
-//!     every: 20s
-//! ```
+//! Scenarios are YAML, in the format of `docs/scenarios.md`; the built-ins are in `scenarios/`.
 
-use std::path::Path;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -84,10 +61,30 @@ fn one() -> u8 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 enum EventSpec {
-    Drops { allowance: String, rate: u64, at: Span, duration: Span, every: Option<Span>, device: Option<String> },
-    Conntrack { to: u64, at: Span, duration: Span, device: Option<String> },
-    Reset { at: Span, every: Option<Span>, device: Option<String> },
-    Glitch { at: Span, every: Option<Span>, device: Option<String> },
+    Drops {
+        allowance: String,
+        rate: u64,
+        at: Span,
+        duration: Span,
+        every: Option<Span>,
+        device: Option<String>,
+    },
+    Conntrack {
+        to: u64,
+        at: Span,
+        duration: Span,
+        device: Option<String>,
+    },
+    Reset {
+        at: Span,
+        every: Option<Span>,
+        device: Option<String>,
+    },
+    Glitch {
+        at: Span,
+        every: Option<Span>,
+        device: Option<String>,
+    },
 }
 
 /// When something happens: from `at`, for `duration`, again every `every`.
@@ -257,22 +254,26 @@ impl Scenario {
     /// Every stat value of device `d` at `t` ms after the start, in [`ENA_STATS`] order.
     fn values(&self, d: usize, t: i64, names: &[String], baseline: &[u64]) -> Vec<u64> {
         let applies = |target: &Option<usize>| target.is_none_or(|x| x == d);
-        let glitch = self.glitches.iter().any(|(dev, w)| {
-            applies(dev) && w.last_start(t).is_some_and(|start| t < start + w.duration)
-        });
+        let glitch = self
+            .glitches
+            .iter()
+            .any(|(dev, w)| applies(dev) && w.last_start(t).is_some_and(|start| t < start + w.duration));
         // Counters count from the last reset (from zero) or from the baseline.
-        let origin = self.resets.iter().filter(|(dev, _)| applies(dev)).filter_map(|(_, w)| w.last_start(t)).max();
+        let origin =
+            self.resets.iter().filter(|(dev, _)| applies(dev)).filter_map(|(_, w)| w.last_start(t)).max();
         let available = self.available.map(|start| {
-            let mut value = start as f64;
+            // Integer arithmetic, so a simulation is exactly reproducible.
+            let mut value = i128::from(start);
             for (_, to, w) in self.ramps.iter().filter(|(dev, _, _)| applies(dev)) {
+                let to = i128::from(*to);
                 if t >= w.at + w.duration {
-                    value = *to as f64;
+                    value = to;
                 } else if t >= w.at {
-                    value += (*to as f64 - value) * (t - w.at) as f64 / w.duration as f64;
+                    value += (to - value) * i128::from(t - w.at) / i128::from(w.duration);
                     break;
                 }
             }
-            value.round() as u64
+            u64::try_from(value).unwrap_or(0)
         });
         names
             .iter()
@@ -398,7 +399,11 @@ mod tests {
         assert_eq!(ll(12_000), base + 1400);
         assert_eq!(ll(20_000), base + 1400, "quiet after 4 s");
         assert_eq!(ll(50_000), base + 1400 + 180 + 700, "the second burst, then the next cycle");
-        assert_eq!(value(&sim.sample_at(0, 50_000), 1, "linklocal_allowance_exceeded"), base / 4, "ens6 is quiet");
+        assert_eq!(
+            value(&sim.sample_at(0, 50_000), 1, "linklocal_allowance_exceeded"),
+            base / 4,
+            "ens6 is quiet"
+        );
     }
 
     #[test]

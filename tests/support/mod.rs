@@ -51,6 +51,22 @@ impl Drop for TempDir {
     }
 }
 
+/// Compares `actual` with `tests/golden/NAME`; with `ENAWATCH_UPDATE_GOLDEN=1`, rewrites it.
+pub fn check_golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("ENAWATCH_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} is stale; if the change is intended, run ENAWATCH_UPDATE_GOLDEN=1 cargo test\n\
+         --- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
 /// Runs a command, panicking with its output unless it succeeds.
 pub fn run(cmd: &[&str]) -> Output {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -151,6 +167,16 @@ impl VethLab {
     pub fn new(node_dev: &str, queues: u32) -> Self {
         let node = Netns::new("node");
         let peer = Netns::new("peer");
+        // Only the test's own traffic may move the stats: no IPv6 (router solicitations,
+        // MLD) and, below, no ARP (permanent neighbours).
+        for ns in [&node, &peer] {
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]);
+        }
         let q = queues.to_string();
         node.ip(&format!(
             "link add {node_dev} numtxqueues {q} numrxqueues {q} type veth peer name p0 \
@@ -159,6 +185,13 @@ impl VethLab {
         ));
         node.ip(&format!("addr add 10.77.0.1/24 dev {node_dev}"));
         peer.ip("addr add 10.77.0.2/24 dev p0");
+        let mac = |ns: &Netns, dev: &str| {
+            let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let (node_mac, peer_mac) = (mac(&node, node_dev), mac(&peer, "p0"));
+        node.ip(&format!("neigh add 10.77.0.2 lladdr {peer_mac} dev {node_dev} nud permanent"));
+        peer.ip(&format!("neigh add 10.77.0.1 lladdr {node_mac} dev p0 nud permanent"));
         node.ip(&format!("link set {node_dev} up"));
         peer.ip("link set p0 up");
         // veth counts received packets in its per-queue stats only on its NAPI path: GRO

@@ -1,0 +1,108 @@
+//! `enawatch top` driven in a real terminal (tmux): the throttled device is highlighted, `q`
+//! exits, and the terminal is left as it was found (cooked mode, main screen).
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{TempDir, BIN};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(tag: &str) -> Self {
+        let t = Self { socket: format!("enawatch-{tag}-{}", std::process::id()) };
+        t.cmd(&["new-session", "-d", "-s", "t", "-x", "120", "-y", "30", "bash --norc --noprofile"]);
+        t
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux (Debian package tmux) must be installed; scripts/test installs it");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn type_line(&self, line: &str) {
+        self.cmd(&["send-keys", "-t", "t", "-l", line]);
+        self.cmd(&["send-keys", "-t", "t", "Enter"]);
+    }
+
+    /// The screen, with colours and attributes as escape sequences.
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-t", "t", "-p", "-e"])
+    }
+
+    fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if cond(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+#[test]
+fn top_highlights_the_throttled_device_and_q_restores_the_terminal() {
+    let dir = TempDir::new("top");
+    // ens5 drops link-local packets from the first second; ens6 stays quiet.
+    let scenario = dir.join("storm.yaml");
+    std::fs::write(
+        &scenario,
+        "description: test\ndevices: 2\nconntrack_available: 1000\nevents:\n  - kind: drops\n    \
+         allowance: linklocal\n    device: ens5\n    at: 1s\n    duration: 1h\n    rate: 500\n",
+    )
+    .unwrap();
+    let tmux = Tmux::start("top");
+    tmux.type_line(&format!("{BIN} top --simulate {} --interval 500ms", scenario.display()));
+
+    let screen = tmux.wait_for("the throttled row", |s| s.contains("THROTTLED NOW: ens5 linklocal"));
+    let row = screen.lines().find(|l| l.contains("ens5      linklocal")).expect("ens5 linklocal row");
+    assert!(row.contains("\x1b[7m"), "the throttled row is in reverse video: {row:?}");
+    let quiet = screen.lines().find(|l| l.contains("ens6      linklocal")).expect("ens6 row");
+    assert!(!quiet.contains("\x1b[7m"), "a quiet row is not highlighted: {quiet:?}");
+
+    tmux.cmd(&["send-keys", "-t", "t", "q"]);
+    tmux.wait_for("the shell again", |s| !s.contains("ALLOWANCE") && s.trim_end().ends_with(['#', '$']));
+    let flags = dir.join("stty.txt");
+    tmux.type_line(&format!("stty -a | tr ' ' '\\n' > {}", flags.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&flags).map_or(true, |m| m.len() == 0) {
+        assert!(Instant::now() < deadline, "stty never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let flags = std::fs::read_to_string(flags).unwrap();
+    for flag in ["icanon", "echo", "isig"] {
+        assert!(flags.lines().any(|l| l.trim() == flag), "{flag} restored:\n{flags}");
+    }
+}
+
+#[test]
+fn top_prints_plain_tables_when_not_on_a_terminal() {
+    let out = Command::new(BIN)
+        .args(["top", "--simulate", "steady", "--interval", "200ms", "--iterations", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("DEVICE    ALLOWANCE").count(), 2, "{text}");
+    assert!(text.contains("not throttled right now"), "{text}");
+    assert!(!text.contains('\x1b'), "no escape sequences in plain output");
+}
