@@ -326,3 +326,79 @@ pub fn wall_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::source::{Device, Sample};
+
+    struct Script(VecDeque<Sample>);
+
+    impl Source for Script {
+        fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
+            self.0.pop_front()
+        }
+    }
+
+    fn reading(name: &str, ll: u64) -> Reading {
+        let device = Arc::new(Device {
+            name: name.into(),
+            driver: "ena".into(),
+            driver_version: String::new(),
+            firmware_version: String::new(),
+            bus_info: String::new(),
+            eni: None,
+        });
+        let schema = Arc::new(Schema::new(vec!["linklocal_allowance_exceeded".into()]));
+        Reading { device, schema, values: vec![ll].into() }
+    }
+
+    fn failed(name: &str) -> Event {
+        Event::ReadFailed { device: name.into(), reason: ReadError::Io, detail: "EIO".into() }
+    }
+
+    #[test]
+    fn a_failing_device_keeps_its_series_is_counted_and_a_vanished_one_is_forgotten() {
+        let at = |s: i64| s * 1000;
+        let samples = VecDeque::from([
+            Sample { at_ms: at(0), readings: vec![reading("ens5", 5), reading("ens6", 1)], events: vec![] },
+            Sample { at_ms: at(1), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
+            Sample { at_ms: at(2), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
+            Sample { at_ms: at(3), readings: vec![reading("ens5", 9), reading("ens6", 1)], events: vec![] },
+            Sample {
+                at_ms: at(4),
+                readings: vec![reading("ens5", 9)],
+                events: vec![Event::Vanished { device: "ens6".into() }],
+            },
+            Sample { at_ms: at(20), readings: vec![reading("ens5", 9)], events: vec![] },
+        ]);
+        let store = Arc::new(Store::new(100));
+        let settings =
+            Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
+        let mut sampler = Sampler::new(Box::new(Script(samples)), settings, Arc::clone(&store));
+
+        sampler.tick(0);
+        let failing = sampler.tick(0).unwrap();
+        assert_eq!(failing.devices.len(), 2, "a read error does not drop the device's series");
+        sampler.tick(0);
+        assert_eq!(sampler.tick(0).unwrap().devices[0].counters.packets[4], 9, "it counts on after recovery");
+        let errors = &store.latest().read_errors;
+        assert_eq!(errors[0], ErrorCount { device: "ens5".into(), reason: ReadError::Io, count: 2 });
+        assert!(sampler.failing.is_empty());
+
+        let after_vanish = sampler.tick(0).unwrap();
+        assert_eq!(after_vanish.devices.len(), 1);
+        assert!(after_vanish
+            .read_errors
+            .iter()
+            .any(|e| e.device == "ens6" && e.reason == ReadError::NoDevice));
+        assert_eq!(store.read_history(|h| h.points("ens6").count()), 0);
+        // Long after, the vanished device's error counter is forgotten too (bounded series).
+        let later = sampler.tick(0).unwrap();
+        assert!(later.read_errors.iter().all(|e| e.device != "ens6"), "{:?}", later.read_errors);
+        assert!(sampler.tick(0).is_none());
+        assert!(store.latest().finished);
+    }
+}
