@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn a_failing_device_keeps_its_series_is_counted_and_a_vanished_one_is_forgotten() {
         let at = |s: i64| s * 1000;
-        let samples = VecDeque::from([
+        let script = VecDeque::from([
             Sample { at_ms: at(0), readings: vec![reading("ens5", 5), reading("ens6", 1)], events: vec![] },
             Sample { at_ms: at(1), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
             Sample { at_ms: at(2), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
@@ -377,7 +377,7 @@ mod tests {
         let store = Arc::new(Store::new(100));
         let settings =
             Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
-        let mut sampler = Sampler::new(Box::new(Script(samples)), settings, Arc::clone(&store));
+        let mut sampler = Sampler::new(Box::new(Script(script)), settings, Arc::clone(&store));
 
         sampler.tick(0);
         let failing = sampler.tick(0).unwrap();
