@@ -29,11 +29,29 @@ pub enum Command {
     Record(RecordArgs),
     /// Report the throttling episodes in a capture and what to do about them.
     Analyze(AnalyzeArgs),
+    /// The monitoring package's alerting and recording rules.
+    Rules {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Print generated reference documentation (Markdown).
     Docs {
         /// Which reference.
         #[arg(value_enum)]
         topic: DocTopic,
+    },
+}
+
+/// `enawatch rules …`.
+#[derive(Subcommand, Debug)]
+pub enum RulesAction {
+    /// Print the rules in one of their three flavours.
+    Render {
+        /// `prometheus` (a rule file), `prometheus-operator` (a PrometheusRule) or `amp-ack`
+        /// (an ACK RuleGroupsNamespace for Amazon Managed Prometheus).
+        #[arg(long, value_enum)]
+        format: crate::rules::Flavour,
     },
 }
 

@@ -16,6 +16,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod record;
+pub mod rules;
 pub mod sampler;
 pub mod serve;
 pub mod source;

@@ -5,10 +5,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use enawatch::cli::{Cli, Command, DocTopic, Failure, ReportFormat, ServeArgs};
+use enawatch::cli::{Cli, Command, DocTopic, Failure, ReportFormat, RulesAction, ServeArgs};
 use enawatch::config::Settings;
 use enawatch::source::simulate::Scenario;
-use enawatch::{analysis, docs, metrics, record, serve, top};
+use enawatch::{analysis, docs, metrics, record, rules, serve, top};
 
 fn main() -> ExitCode {
     // clap itself exits 2 on an unknown flag or a missing value.
@@ -33,6 +33,10 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Rules { action: RulesAction::Render { format } } => {
+            print_stdout(&rules::render(format));
+            Ok(())
+        }
         Command::Docs { topic } => {
             print_stdout(&match topic {
                 DocTopic::Config => docs::config_reference(),
