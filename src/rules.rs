@@ -315,26 +315,20 @@ pub fn groups() -> Vec<Group> {
     ]
 }
 
+/// The recording rules: name, expression. Dashboards may use these names.
+pub const RECORDING_RULES: [(&str, &str); 4] = [
+    ("ena:allowance_exceeded_packets:rate5m", "rate(ena_allowance_exceeded_packets_total[5m])"),
+    ("ena:allowance_throttled_ratio:rate5m", "rate(ena_allowance_exceeded_seconds_total[5m])"),
+    ("ena:allowance_throttled_seconds:increase15m", "increase(ena_allowance_exceeded_seconds_total[15m])"),
+    // The conntrack allowance belongs to the instance; every ENI reports the same headroom.
+    (
+        "ena:conntrack_allowance_available:min",
+        "min without (device, eni) (ena_conntrack_allowance_available)",
+    ),
+];
+
 fn recording() -> Vec<Rule> {
-    vec![
-        Rule::record(
-            "ena:allowance_exceeded_packets:rate5m",
-            "rate(ena_allowance_exceeded_packets_total[5m])",
-        ),
-        Rule::record(
-            "ena:allowance_throttled_ratio:rate5m",
-            "rate(ena_allowance_exceeded_seconds_total[5m])",
-        ),
-        Rule::record(
-            "ena:allowance_throttled_seconds:increase15m",
-            "increase(ena_allowance_exceeded_seconds_total[15m])",
-        ),
-        // The conntrack allowance belongs to the instance; every ENI reports the same headroom.
-        Rule::record(
-            "ena:conntrack_allowance_available:min",
-            "min without (device, eni) (ena_conntrack_allowance_available)",
-        ),
-    ]
+    RECORDING_RULES.iter().map(|(name, expr)| Rule::record(name, expr)).collect()
 }
 
 fn allowances() -> Vec<Rule> {
