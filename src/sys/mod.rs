@@ -19,7 +19,8 @@ pub use netlink::{list_links, Link};
 
 // From include/uapi/linux/sockios.h and include/uapi/linux/ethtool.h. No crate defines the
 // ethtool structures, and they are ABI: they never change once released.
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+// `libc::Ioctl` is the request type of `ioctl(2)`: unsigned long on glibc, int on musl.
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
