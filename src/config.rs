@@ -71,6 +71,24 @@ pub struct Settings {
     /// Log format: text (key=value) or json (one object per line). Default: text.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Local alerting (config file only): rule overrides and notification receivers, see
+    /// docs/alerts.md.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsConfig>,
+}
+
+/// The `alerts` section of the config file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Changes to the shipped alerts' thresholds and durations, or `enabled: false`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::alerts::RuleOverride>,
+    /// Where to send notifications.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receivers: Vec<crate::alerts::notify::ReceiverConfig>,
 }
 
 fn parse_eni_flag(s: &str) -> Result<(String, String), String> {
@@ -113,6 +131,12 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// JSON logs.
     pub log_json: bool,
+    /// Local alert rules (the shipped alerts with overrides applied).
+    pub alert_rules: Vec<crate::alerts::LocalRule>,
+    /// Notification receivers.
+    pub receivers: Vec<crate::alerts::notify::Receiver>,
+    /// The `alerts` section as given, for printing the configuration back.
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// A configuration error: which field, which value, what is wrong. Exits 2.
@@ -169,6 +193,8 @@ impl Settings {
             compat_stats: over.compat_stats.or(self.compat_stats),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
+            // Only the file has an alerts section.
+            alerts: self.alerts,
         }
     }
 
@@ -243,7 +269,14 @@ impl Settings {
             "json" => true,
             other => return Err(invalid("log_format", Some(other), "is not one of: text, json")),
         };
+        let alerts = self.alerts.clone().unwrap_or_default();
+        let alert_rules = crate::alerts::rules_with(&alerts.rules)?;
+        let receivers =
+            alerts.receivers.iter().enumerate().map(|(i, r)| r.resolve(i)).collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            alert_rules,
+            receivers,
+            alerts: self.alerts.clone(),
             listen,
             interval,
             history,
@@ -285,6 +318,7 @@ impl Config {
             compat_stats: re(&self.compat_stats),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
+            alerts: self.alerts.clone(),
         };
         yaml_serde::to_string(&settings).unwrap_or_default()
     }

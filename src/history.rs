@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub missed_ticks: u64,
     /// The source has no more samples (a replay reached its end): this snapshot is final.
     pub finished: bool,
+    /// Local alerts: pending and firing, then recently resolved.
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 impl Snapshot {
@@ -42,6 +44,7 @@ impl Snapshot {
             read_errors: Vec::new(),
             missed_ticks: 0,
             finished: false,
+            alerts: Vec::new(),
         }
     }
 }

@@ -30,27 +30,20 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// `/metrics` options.
     pub metrics: Options,
+    /// What the samples come from ("live", "simulation dns-storm", …).
+    pub source: String,
+    /// When the agent started, Unix milliseconds.
+    pub started_ms: i64,
+    /// History kept per device.
+    pub history: Duration,
 }
 
 /// Builds the HTTP application.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(index))
+    crate::api::routes()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .with_state(state)
-}
-
-async fn index() -> impl IntoResponse {
-    const PAGE: &str = concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width\"><title>enawatch</title></head>",
-        "<body><h1>enawatch</h1><p>EC2 ENA allowance throttling, per interface.</p><ul>",
-        "<li><a href=\"metrics\">/metrics</a>: Prometheus metrics</li>",
-        "<li><a href=\"healthz\">/healthz</a>: sampler health</li>",
-        "</ul></body></html>\n"
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE)
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -155,7 +148,10 @@ mod tests {
     fn state() -> Arc<AppState> {
         Arc::new(AppState {
             store: Arc::new(Store::new(10)),
-            metrics: Options { compat: Vec::new(), interval: Duration::from_secs(1) },
+            metrics: Options { compat: Vec::new(), interval: Duration::from_secs(1), notify: None },
+            source: "test".into(),
+            started_ms: 0,
+            history: Duration::from_secs(900),
         })
     }
 
@@ -216,10 +212,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn index_links_the_endpoints_and_unknown_paths_are_404() {
+    async fn the_page_links_the_endpoints_and_unknown_paths_are_404() {
         let state = state();
-        let (status, _, body) = get(&state, "/", &[]).await;
+        let (status, headers, body) = get(&state, "/", &[]).await;
         assert_eq!(status, StatusCode::OK);
+        assert!(headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("default-src 'none'"));
         assert!(String::from_utf8(body).unwrap().contains("href=\"metrics\""));
         assert_eq!(get(&state, "/nope", &[]).await.0, StatusCode::NOT_FOUND);
     }

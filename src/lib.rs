@@ -7,7 +7,9 @@
 //!                                                                  -> metrics -> http
 //! ```
 
+pub mod alerts;
 pub mod analysis;
+pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -184,8 +184,10 @@ pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
     ),
 ];
 
-/// `ConntrackAllowanceLow` fires below this many connections of headroom.
+/// `ConntrackAllowanceLow` fires below this many connections of headroom...
 pub const CONNTRACK_LOW: u64 = 10_000;
+/// ...held this long.
+pub const CONNTRACK_LOW_HOLD: Duration = Duration::from_secs(5 * 60);
 
 impl AllowanceAlert {
     /// The PromQL condition.
@@ -338,7 +340,7 @@ fn allowances() -> Vec<Rule> {
             "ConntrackAllowanceLow",
             format!("min without (device, eni) (ena_conntrack_allowance_available) < {CONNTRACK_LOW}"),
         )
-        .hold(Duration::from_secs(5 * 60))
+        .hold(CONNTRACK_LOW_HOLD)
         .severity(Severity::Warning)
         .annotate("summary", "Conntrack headroom low on {{ $labels.instance }}")
         .annotate(

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 use tracing::info;
 
+use crate::alerts::notify::{self, Handle};
+use crate::alerts::Evaluator;
 use crate::capture;
 use crate::cli::{Failure, SourceArgs};
 use crate::config::{Config, ConfigError, HumanDuration, Settings};
@@ -100,8 +102,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts sampling `source` with `config`'s interval and history.
-    pub fn start(config: &Config, source: Box<dyn Source>) -> anyhow::Result<Self> {
+    /// Starts sampling `source` with `config`'s interval and history, evaluating the local
+    /// alerts and offering their transitions to `notify`.
+    pub fn start(config: &Config, source: Box<dyn Source>, notify: Option<Handle>) -> anyhow::Result<Self> {
         let store = Arc::new(Store::new(config.history_points()));
         let settings = crate::sampler::Settings {
             interval: config.interval,
@@ -110,6 +113,7 @@ impl Running {
         };
         let (stop, stopped) = mpsc::channel();
         let thread = Sampler::new(source, settings, Arc::clone(&store))
+            .with_alerts(Evaluator::new(config.alert_rules.clone()), notify)
             .spawn(stopped)
             .context("cannot start the sampler thread")?;
         Ok(Self { store, stop, thread })
@@ -132,10 +136,20 @@ pub fn run(config: &Config, source: &SourceArgs) -> Result<(), Failure> {
 
 /// Runs the agent on a chosen source and a bound listener.
 pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Result<(), Failure> {
-    let running = Running::start(config, chosen.source)?;
+    let (notify, mut notifier) = if config.receivers.is_empty() {
+        (None, None)
+    } else {
+        let (handle, notifier) = notify::channel(config.receivers.clone(), notify::node_name());
+        (Some(handle), Some(notifier))
+    };
+    let notify_stats = notify.as_ref().map(|h| (Arc::clone(&h.stats), Arc::clone(&h.overflow)));
+    let running = Running::start(config, chosen.source, notify)?;
     let state = Arc::new(AppState {
         store: Arc::clone(&running.store),
-        metrics: Options { compat: config.compat.clone(), interval: config.interval },
+        metrics: Options { compat: config.compat.clone(), interval: config.interval, notify: notify_stats },
+        source: chosen.what.clone(),
+        started_ms: wall_ms(),
+        history: config.history,
     });
     info!(
         source = %chosen.what,
@@ -151,7 +165,12 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
         .enable_time()
         .build()
         .context("cannot start the async runtime")?;
+    let local = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     let result = runtime.block_on(async {
+        if let Some(mut notifier) = notifier.take() {
+            notifier.generator_url = format!("http://{local}/");
+            tokio::spawn(notifier.run());
+        }
         tokio::select! {
             r = http::serve(listener, http::app(state)) => r.context("HTTP server failed"),
             signal = termination() => {
@@ -179,6 +198,7 @@ pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
     {
         println!("enawatch demo: a simulated EC2 node, scenario {scenario}:");
         println!("  {description}\n");
+        println!("  live page    {url}/");
         println!("  metrics      {url}/metrics");
         println!("  health       {url}/healthz");
         println!("  link-local   curl -s {url}/metrics | grep 'allowance=\"linklocal\"'");

@@ -51,7 +51,7 @@ pub fn run(args: &TopArgs) -> Result<(), Failure> {
     };
     let config = settings.resolve()?;
     let chosen = build_source(&args.source, &config)?;
-    let running = Running::start(&config, chosen.source)?;
+    let running = Running::start(&config, chosen.source, None)?;
     let title = format!("enawatch top · {}", chosen.what);
     let result = if io::stdout().is_terminal() {
         interactive(&running.store, &title, config.interval, args.iterations)

@@ -100,3 +100,26 @@ fn check_config_accepts_a_good_file_and_flags_win() {
     assert!(stdout.contains("- showmax"), "{stdout}");
     assert!(stdout.contains("ens6: eni-0abc"), "{stdout}");
 }
+
+#[test]
+fn an_invalid_notifier_url_is_rejected_by_check_config() {
+    let dir = TempDir::new("cli");
+    let path = dir.join("enawatch.yaml");
+    std::fs::write(&path, "alerts:\n  receivers:\n    - type: webhook\n      url: hooks.example/x\n")
+        .unwrap();
+    assert_bad_input(
+        &["serve", "--config", path.to_str().unwrap(), "--check-config"],
+        "alerts.receivers: \"[0] url: hooks.example/x\" is not a URL",
+    );
+    std::fs::write(&path, "alerts:\n  receivers:\n    - type: pagerduty\n      url: http://x\n").unwrap();
+    assert_bad_input(
+        &["serve", "--config", path.to_str().unwrap(), "--check-config"],
+        "is not one of: webhook, alertmanager, slack",
+    );
+    std::fs::write(&path, "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      for: soon\n")
+        .unwrap();
+    assert_bad_input(
+        &["serve", "--config", path.to_str().unwrap(), "--check-config"],
+        "alerts.rules: \"[0] for: soon\" is not a duration",
+    );
+}

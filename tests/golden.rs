@@ -125,7 +125,11 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
 }
 
 fn options() -> Options {
-    Options { compat: vec![Compat::Showmax, Compat::NodeExporter], interval: Duration::from_secs(1) }
+    Options {
+        compat: vec![Compat::Showmax, Compat::NodeExporter],
+        interval: Duration::from_secs(1),
+        notify: None,
+    }
 }
 
 /// The revision label changes with every commit; the golden file holds a placeholder.

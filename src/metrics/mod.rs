@@ -7,7 +7,12 @@ pub mod compat;
 pub mod encode;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::alerts::notify::ReceiverStats;
+use crate::alerts::State;
 
 use self::encode::{Encoder, Format, Kind, Value};
 use crate::history::Snapshot;
@@ -22,6 +27,9 @@ pub enum Compat {
     NodeExporter,
 }
 
+/// Notification counters: per receiver, and the transitions the sampler could not hand over.
+pub type NotifyStats = (Arc<Vec<ReceiverStats>>, Arc<AtomicU64>);
+
 /// What `/metrics` renders besides the native families.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -29,6 +37,8 @@ pub struct Options {
     pub compat: Vec<Compat>,
     /// The configured sampling interval (`enawatch_sample_interval_seconds`).
     pub interval: Duration,
+    /// Notification counters, when receivers are configured.
+    pub notify: Option<NotifyStats>,
 }
 
 /// One native family: name, type, labels and help. The README's metric table is this.
@@ -48,7 +58,7 @@ const fn family(name: &'static str, kind: Kind, labels: &'static str, help: &'st
 }
 
 /// The native families, in exposition order.
-pub const NATIVE_FAMILIES: [Family; 13] = [
+pub const NATIVE_FAMILIES: [Family; 16] = [
     family(
         "ena_allowance_exceeded_packets_total",
         Kind::Counter,
@@ -117,6 +127,24 @@ pub const NATIVE_FAMILIES: [Family; 13] = [
         "device, reason",
         "Samples not counted (reason: glitch for the ENA all-zero read, implausible for impossible jumps).",
     ),
+    family(
+        "enawatch_alerts",
+        Kind::Gauge,
+        "alertname, severity, alertstate, device (per-device alerts)",
+        "Local alerts that are pending or firing (1), as Prometheus's ALERTS.",
+    ),
+    family(
+        "enawatch_notifications_total",
+        Kind::Counter,
+        "receiver, outcome",
+        "Notifications of local alerts (outcome: sent, failed when rejected, dropped when a queue overflowed, retried).",
+    ),
+    family(
+        "enawatch_notification_queue_length",
+        Kind::Gauge,
+        "receiver",
+        "Notifications waiting for a receiver.",
+    ),
 ];
 
 /// The version and revision this binary was built from.
@@ -125,6 +153,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("ENAWATCH_REVISION");
 
 /// Renders one snapshot.
+#[allow(clippy::too_many_lines)] // one family after another, in the contract's order
 pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String {
     let mut out = String::with_capacity(4096 + snapshot.devices.len() * 2048);
     let mut e = Encoder::new(&mut out, format);
@@ -208,6 +237,38 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
     for d in &snapshot.devices {
         for (reason, n) in [("glitch", d.glitches), ("implausible", d.implausible)] {
             e.sample(name, &[("device", &d.device.name), ("reason", reason)], Value::Int(n));
+        }
+    }
+
+    let name = next(&mut e);
+    for a in snapshot.alerts.iter().filter(|a| a.state != State::Resolved) {
+        let mut labels =
+            vec![("alertname", a.name), ("severity", a.severity), ("alertstate", a.state.label())];
+        if let Some(d) = &a.device {
+            labels.push(("device", d));
+        }
+        e.sample(name, &labels, Value::Int(1));
+    }
+    let name = next(&mut e);
+    if let Some((receivers, overflow)) = &options.notify {
+        for r in receivers.iter() {
+            for (outcome, n) in
+                [("sent", &r.sent), ("failed", &r.failed), ("dropped", &r.dropped), ("retried", &r.retried)]
+            {
+                e.sample(
+                    name,
+                    &[("receiver", &r.name), ("outcome", outcome)],
+                    Value::Int(n.load(Ordering::Relaxed)),
+                );
+            }
+        }
+        let n = overflow.load(Ordering::Relaxed);
+        e.sample(name, &[("receiver", "*"), ("outcome", "dropped")], Value::Int(n));
+    }
+    let name = next(&mut e);
+    if let Some((receivers, _)) = &options.notify {
+        for r in receivers.iter() {
+            e.sample(name, &[("receiver", &r.name)], Value::Int(r.queued.load(Ordering::Relaxed)));
         }
     }
 

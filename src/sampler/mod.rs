@@ -20,6 +20,8 @@ use regex_lite::Regex;
 use tracing::{info, warn};
 
 use self::counters::{DeviceCounters, RawAllowances};
+use crate::alerts::notify::Handle;
+use crate::alerts::{Evaluator, State};
 use crate::history::{DeviceState, ErrorCount, Point, Snapshot, Store};
 use crate::source::{Event, ReadError, Reading, Schema, Source};
 use crate::stats::{Allowance, ALLOWANCE_STATS};
@@ -55,6 +57,8 @@ pub struct Sampler {
     failing: BTreeSet<String>,
     /// Throttling under way, by device and allowance, for one log line at each end.
     episodes: BTreeMap<(String, Allowance), OpenEpisode>,
+    /// Local alerting, and where its transitions go.
+    alerting: Option<(Evaluator, Option<Handle>)>,
     seq: u64,
     missed_ticks: u64,
 }
@@ -70,9 +74,17 @@ impl Sampler {
             errors: BTreeMap::new(),
             failing: BTreeSet::new(),
             episodes: BTreeMap::new(),
+            alerting: None,
             seq: 0,
             missed_ticks: 0,
         }
+    }
+
+    /// Evaluates local alerts after every tick, offering transitions to `notify`.
+    #[must_use]
+    pub fn with_alerts(mut self, evaluator: Evaluator, notify: Option<Handle>) -> Self {
+        self.alerting = Some((evaluator, notify));
+        self
     }
 
     /// Takes one sample at wall-clock `now_ms` and publishes the resulting snapshot;
@@ -88,6 +100,7 @@ impl Sampler {
                 read_errors: last.read_errors.clone(),
                 missed_ticks: last.missed_ticks,
                 finished: true,
+                alerts: last.alerts.clone(),
             }));
             return None;
         };
@@ -143,7 +156,7 @@ impl Sampler {
             }
         });
         self.seq += 1;
-        let snapshot = Arc::new(Snapshot {
+        let mut snapshot = Snapshot {
             seq: self.seq,
             at_ms,
             published: Instant::now(),
@@ -159,7 +172,10 @@ impl Sampler {
                 .collect(),
             missed_ticks: self.missed_ticks,
             finished: false,
-        });
+            alerts: Vec::new(),
+        };
+        self.evaluate_alerts(&mut snapshot);
+        let snapshot = Arc::new(snapshot);
         self.store.publish(Arc::clone(&snapshot));
         Some(snapshot)
     }
@@ -202,6 +218,26 @@ impl Sampler {
             );
             false
         });
+    }
+
+    /// Runs the local alerts on a snapshot about to be published; logs and offers the
+    /// transitions.
+    fn evaluate_alerts(&mut self, snapshot: &mut Snapshot) {
+        let Some((evaluator, notify)) = &mut self.alerting else { return };
+        let transitions = self.store.read_history(|h| evaluator.evaluate(snapshot, h));
+        snapshot.alerts = evaluator.alerts();
+        for t in transitions {
+            let a = &t.alert;
+            let device = a.device.as_deref().unwrap_or("");
+            if a.state == State::Firing {
+                warn!(alert = a.name, severity = a.severity, device, value = a.value, "alert firing");
+            } else {
+                info!(alert = a.name, severity = a.severity, device, "alert resolved");
+            }
+            if let Some(notify) = notify {
+                notify.offer(t);
+            }
+        }
     }
 
     fn count_error(&mut self, device: &str, reason: ReadError, at_ms: i64) {

@@ -1,0 +1,159 @@
+//! Local alert evaluation against simulated scenarios, sample by sample.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::history::Store;
+use crate::sampler::{Sampler, Settings};
+use crate::source::simulate::{Scenario, SimulatedSource};
+
+const T0: i64 = 1_790_000_000_000;
+
+/// Runs `yaml` for `seconds` at 1 s, evaluating after every tick; returns every transition
+/// as (second, alert name, severity, state) and the evaluator.
+fn run(
+    yaml: &str,
+    seconds: i64,
+    rules: Vec<LocalRule>,
+) -> (Vec<(i64, &'static str, &'static str, State)>, Evaluator) {
+    let scenario = Scenario::parse(yaml, "test").unwrap();
+    let store = Arc::new(Store::new(1000));
+    let settings =
+        Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
+    let mut sampler = Sampler::new(Box::new(SimulatedSource::new(scenario)), settings, Arc::clone(&store));
+    let mut evaluator = Evaluator::new(rules);
+    let mut seen = Vec::new();
+    for s in 0..=seconds {
+        let snapshot = sampler.tick(T0 + s * 1000).unwrap();
+        for t in store.read_history(|h| evaluator.evaluate(&snapshot, h)) {
+            seen.push(((t.at_ms - T0) / 1000, t.alert.name, t.alert.severity, t.alert.state));
+        }
+    }
+    (seen, evaluator)
+}
+
+const SUSTAINED: &str = "description: t\ndevices: 2\nconntrack_available: 50000\nevents:\n  - kind: drops\n    \
+                         allowance: linklocal\n    device: ens6\n    at: 10s\n    duration: 60s\n    rate: 100\n";
+
+#[test]
+fn fires_and_resolves_at_the_expected_sample() {
+    let (seen, evaluator) = run(SUSTAINED, 1300, default_rules());
+    // Throttled 10 s by second 20 (pending), `for` 1m: firing at 80. The drops stop at 70; the
+    // 15-minute window still holds 10 s of them until second 960, and keep_firing_for 5m
+    // holds it until 1260. The critical threshold (2 minutes) is never reached.
+    assert_eq!(
+        seen,
+        [
+            (80, "LinkLocalAllowanceExceeded", "warning", State::Firing),
+            (1260, "LinkLocalAllowanceExceeded", "warning", State::Resolved)
+        ]
+    );
+    let alerts = evaluator.alerts();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].device.as_deref(), Some("ens6"));
+    assert_eq!(alerts[0].state, State::Resolved);
+}
+
+#[test]
+fn pending_comes_first_and_shows_in_the_list() {
+    let (_, evaluator) = run(SUSTAINED, 30, default_rules());
+    let alerts = evaluator.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!((alerts[0].state, alerts[0].value), (State::Pending, 20.0));
+    assert!(alerts[0].description.starts_with("ens6 was throttled for 20s of the last 15m."));
+}
+
+#[test]
+fn recurring_bursts_keep_one_alert() {
+    let yaml = crate::source::simulate::BUILT_IN.iter().find(|(n, _)| *n == "dns-storm").unwrap().1;
+    // 6 s of drops every 40 s, for 15 minutes.
+    let (seen, evaluator) = run(yaml, 900, default_rules());
+    let warning: Vec<_> = seen.iter().filter(|t| t.2 == "warning").collect();
+    assert_eq!(
+        warning,
+        [&(112, "LinkLocalAllowanceExceeded", "warning", State::Firing)],
+        "one warning, never resolved"
+    );
+    // The critical threshold (2 minutes in 15) is crossed once enough bursts pile up.
+    assert_eq!(seen.iter().filter(|t| t.3 == State::Resolved).count(), 0, "{seen:?}");
+    let firing = evaluator.alerts().into_iter().filter(|a| a.state == State::Firing).count();
+    assert_eq!(firing, 2, "the warning and, later, the critical");
+}
+
+#[test]
+fn resets_and_glitches_never_fire() {
+    let yaml =
+        "description: t\ndevices: 1\nconntrack_available: 50000\nevents:\n  - kind: reset\n    at: 5s\n    \
+                every: 20s\n  - kind: glitch\n    at: 13s\n    every: 7s\n";
+    let (seen, evaluator) = run(yaml, 400, default_rules());
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(evaluator.alerts().is_empty());
+}
+
+#[test]
+fn conntrack_headroom_fires_once_per_instance() {
+    let yaml = "description: t\ndevices: 2\nconntrack_available: 30000\nevents:\n  - kind: conntrack\n    at: 10s\n    \
+                duration: 20s\n    to: 5000\n";
+    let (seen, evaluator) = run(yaml, 400, default_rules());
+    // 30,000 → 5,000 over seconds 10 to 30: exactly 10,000 at 26, below from 27; for 5
+    // minutes: firing at 327.
+    assert_eq!(seen, [(327, "ConntrackAllowanceLow", "warning", State::Firing)]);
+    let alert = &evaluator.alerts()[0];
+    assert_eq!((alert.device.as_ref(), alert.value), (None, 5000.0));
+}
+
+#[test]
+fn overrides_change_thresholds_and_durations() {
+    let overrides = [RuleOverride {
+        alert: "LinkLocalAllowanceExceeded".into(),
+        severity: Some("warning".into()),
+        min_throttled: Some("2s".into()),
+        hold: Some("0s".into()),
+        ..RuleOverride::default()
+    }];
+    let (seen, _) = run(SUSTAINED, 15, rules_with(&overrides).unwrap());
+    assert_eq!(seen, [(12, "LinkLocalAllowanceExceeded", "warning", State::Firing)]);
+
+    let off = [RuleOverride {
+        alert: "LinkLocalAllowanceExceeded".into(),
+        enabled: Some(false),
+        ..RuleOverride::default()
+    }];
+    let (seen, _) = run(SUSTAINED, 200, rules_with(&off).unwrap());
+    assert!(seen.is_empty());
+}
+
+#[test]
+fn bad_overrides_name_the_entry_and_the_field() {
+    let err = |o: RuleOverride| rules_with(&[o]).unwrap_err().to_string();
+    let unknown = err(RuleOverride { alert: "DNSIsDown".into(), ..RuleOverride::default() });
+    assert!(unknown.starts_with("alerts.rules: \"[0] alert: DNSIsDown\" matches no local alert; known: LinkLocalAllowanceExceeded"), "{unknown}");
+    let bad = err(RuleOverride {
+        alert: "PPSAllowanceExceeded".into(),
+        window: Some("soon".into()),
+        ..RuleOverride::default()
+    });
+    assert!(bad.starts_with("alerts.rules: \"[0] window: soon\" is not a duration"), "{bad}");
+    let misplaced =
+        err(RuleOverride { alert: "PPSAllowanceExceeded".into(), below: Some(3), ..RuleOverride::default() });
+    assert!(misplaced.contains("applies to ConntrackAllowanceLow only"), "{misplaced}");
+}
+
+#[test]
+fn local_rules_are_the_shipped_rules() {
+    // Same names, severities and parameters as the Prometheus rules (one definition).
+    for (local, shipped) in default_rules().iter().zip(rules::ALLOWANCE_ALERTS.iter()) {
+        assert_eq!((local.name, local.severity), (shipped.name, shipped.severity));
+        assert_eq!(local.hold, shipped.hold);
+        assert_eq!(local.keep_firing, shipped.keep_firing);
+        assert_eq!(
+            local.condition,
+            Condition::Throttled {
+                allowance: shipped.allowance,
+                min_throttled: shipped.min_throttled,
+                window: shipped.window
+            }
+        );
+    }
+}

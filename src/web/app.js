@@ -1,0 +1,175 @@
+// The live page: polls the agent's JSON API every second and draws each device's last
+// 15 minutes at sample resolution on canvases. No library, no request to any other origin.
+"use strict";
+
+const COLORS = { bw_in: "#1565c0", bw_out: "#6a1b9a", pps: "#ef6c00", conntrack: "#00838f", linklocal: "#c62828" };
+const NAMES = {
+  bw_in: "inbound bandwidth", bw_out: "outbound bandwidth", pps: "packets per second",
+  conntrack: "connection tracking", linklocal: "link-local (DNS, IMDS, Time Sync)",
+};
+
+const $ = (sel, root = document) => root.querySelector(sel);
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+async function get(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  if (!r.ok) throw new Error(path + ": HTTP " + r.status);
+  return r.json();
+}
+
+function fmt(n) {
+  if (n === null || n === undefined) return "—";
+  if (n >= 1e6) return (n / 1e6).toFixed(1) + "M";
+  if (n >= 1e4) return (n / 1e3).toFixed(0) + "k";
+  return String(Math.round(n * 10) / 10);
+}
+
+function time(ms) {
+  return new Date(ms).toISOString().slice(11, 19);
+}
+
+// A line (or bar) chart of several series over shared times. Sets data-points for tests.
+function chart(canvas, times, series, opts = {}) {
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 600, h = canvas.clientHeight || 180;
+  canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+  const g = canvas.getContext("2d");
+  g.scale(dpr, dpr);
+  g.clearRect(0, 0, w, h);
+  const left = 44, right = 8, top = 8, bottom = 20;
+  const pw = w - left - right, ph = h - top - bottom;
+  const t0 = times.length ? times[0] : 0, t1 = times.length ? times[times.length - 1] : 1;
+  let max = opts.min || 1;
+  for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
+  max *= 1.1;
+  const x = (t) => left + (t1 > t0 ? (t - t0) / (t1 - t0) : 1) * pw;
+  const y = (v) => top + ph - (v / max) * ph;
+  g.font = "11px system-ui, sans-serif"; g.fillStyle = "#5d6b7a"; g.strokeStyle = "#dde2e8"; g.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const v = (max / 4) * i, yy = y(v);
+    g.beginPath(); g.moveTo(left, yy); g.lineTo(left + pw, yy); g.stroke();
+    g.fillText(fmt(v), 2, yy + 4);
+  }
+  if (times.length) { g.fillText(time(t0), left, h - 4); g.fillText(time(t1), left + pw - 48, h - 4); }
+  // Legend, top right, for named series.
+  let lx = left + pw;
+  for (const s of [...series].reverse()) {
+    if (!s.name) continue;
+    const tw = g.measureText(s.name).width;
+    lx -= tw + 18;
+    g.fillStyle = s.color; g.fillRect(lx, top + 2, 10, 3);
+    g.fillStyle = "#1d232a"; g.fillText(s.name, lx + 13, top + 7);
+  }
+  let drawn = 0;
+  for (const s of series) {
+    g.strokeStyle = s.color; g.fillStyle = s.color; g.lineWidth = 1.6;
+    if (opts.bars) {
+      const bw = Math.max(1, pw / Math.max(times.length, 1));
+      s.values.forEach((v, i) => { if (v > 0) g.fillRect(x(times[i]) - bw / 2, y(v), bw, top + ph - y(v)); });
+    } else {
+      g.beginPath(); let pen = false;
+      s.values.forEach((v, i) => {
+        if (v === null) { pen = false; return; }
+        if (pen) g.lineTo(x(times[i]), y(v)); else { g.moveTo(x(times[i]), y(v)); pen = true; }
+      });
+      g.stroke();
+    }
+    drawn += s.values.length;
+  }
+  canvas.dataset.points = String(drawn);
+}
+
+function deviceCard(d) {
+  let card = document.getElementById("dev-" + d.device);
+  if (!card) {
+    card = el("section", { class: "device", id: "dev-" + d.device });
+    card.append(el("h2"), el("div", { class: "table-wrap" }));
+    const charts = el("div", { class: "charts" });
+    const pps = el("figure", { class: "wide" });
+    pps.append(el("canvas", { "data-kind": "pps" }), el("figcaption", {}, "Packets per second queued or dropped, per allowance (15 minutes, 1 s resolution)"));
+    const thr = el("figure");
+    thr.append(el("canvas", { "data-kind": "throttled" }), el("figcaption", {}, "Seconds throttled per sampling interval"));
+    const ct = el("figure");
+    ct.append(el("canvas", { "data-kind": "conntrack" }), el("figcaption", {}, "Connections that can still be tracked (conntrack available)"));
+    charts.append(pps, thr, ct);
+    card.append(charts, el("p", { class: "bursts" }));
+    $("#devices").append(card);
+  }
+  const h2 = $("h2", card);
+  h2.textContent = d.device + " ";
+  const info = [d.driver && (d.driver + " " + d.driver_version), d.eni, d.bus_info].filter(Boolean).join(" · ");
+  h2.append(el("small", {}, info));
+  const table = el("table");
+  const head = el("tr");
+  for (const c of ["allowance", "pkts/s now", "throttled 1m", "throttled 15m", "total packets"]) head.append(el("th", {}, c));
+  table.append(head);
+  for (const a of d.allowances) {
+    if (!a.supported) continue;
+    const row = el("tr", { class: a.pps > 0 ? "hot" : a.throttled_1m > 0 ? "warm" : "" });
+    row.append(el("td", {}, NAMES[a.allowance]), el("td", {}, fmt(a.pps)), el("td", {}, a.throttled_1m + " s"),
+      el("td", {}, a.throttled_15m + " s"), el("td", {}, fmt(a.packets_total)));
+    table.append(row);
+  }
+  if (d.conntrack_available !== null) {
+    const row = el("tr");
+    row.append(el("td", {}, "conntrack available"), el("td", {}, fmt(d.conntrack_available)), el("td"), el("td"), el("td"));
+    table.append(row);
+  }
+  const wrap = $(".table-wrap", card);
+  wrap.replaceChildren(table);
+  return card;
+}
+
+function banner(alerts) {
+  const b = $("#banner");
+  const active = alerts.filter((a) => a.state !== "resolved");
+  if (!active.length) { b.hidden = true; b.replaceChildren(); return; }
+  const firing = active.some((a) => a.state === "firing");
+  b.className = firing ? "firing" : "pending";
+  b.hidden = false;
+  b.replaceChildren(el("span", {}, (firing ? "Alerts firing" : "Alerts pending") + " on this node"));
+  const list = el("ul");
+  for (const a of active) {
+    const item = el("li", {}, `${a.state.toUpperCase()} ${a.name} (${a.severity})${a.device ? " on " + a.device : ""}: ${a.description} `);
+    const link = el("a", { href: a.runbook_url, style: "color:#fff" }, "runbook");
+    item.append(link);
+    list.append(item);
+  }
+  b.append(list);
+}
+
+async function refresh() {
+  const [status, devices, alerts] = await Promise.all([get("api/v1/status"), get("api/v1/devices"), get("api/v1/alerts")]);
+  $("#node").textContent = `${status.node} · ${status.source} · every ${status.interval_seconds} s`;
+  const summary = $("#summary");
+  summary.textContent = status.summary;
+  summary.classList.toggle("throttled", status.throttled_now);
+  banner(alerts.alerts);
+  for (const d of devices) {
+    const card = deviceCard(d);
+    const hist = await get("api/v1/history?device=" + encodeURIComponent(d.device));
+    const supported = d.allowances.filter((a) => a.supported).map((a) => a.allowance);
+    chart($("canvas[data-kind=pps]", card), hist.t,
+      supported.map((a) => ({ name: a, color: COLORS[a], values: hist.pps[a] })));
+    chart($("canvas[data-kind=throttled]", card), hist.t,
+      supported.map((a) => ({ color: COLORS[a], values: hist.throttled[a] })), { bars: true });
+    chart($("canvas[data-kind=conntrack]", card), hist.t, [{ color: COLORS.conntrack, values: hist.conntrack_available }]);
+    const bursts = await get("api/v1/bursts?device=" + encodeURIComponent(d.device));
+    const last = bursts.bursts.slice(-5).reverse()
+      .map((b) => `${b.allowance} ${b.start.slice(11, 19)}–${b.end.slice(11, 19)} (${b.duration_seconds} s, ${b.packets} packets, peak ${b.peak_pps}/s)`);
+    $(".bursts", card).textContent = last.length ? "Recent bursts: " + last.join("; ") : "No burst in the history.";
+  }
+  $("#footer").textContent = `enawatch ${status.version} (${status.revision}) · ${status.samples} samples`;
+  document.body.dataset.updated = String(Date.now());
+}
+
+async function loop() {
+  try { await refresh(); } catch (e) { $("#summary").textContent = "Cannot reach the agent: " + e.message; }
+  setTimeout(loop, 1000);
+}
+loop();

@@ -1,0 +1,251 @@
+//! Local alerts reaching real receivers: a local HTTP receiver for the webhook and Slack
+//! formats, a real Alertmanager (Debian) through its v2 API, and a receiver that is down for
+//! a while and then comes back. Everything on 127.0.0.1.
+
+// Counter values are whole numbers on the wire; comparing them exactly is the point.
+#![allow(clippy::float_cmp)]
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{http_get, parse_metrics, TempDir, BIN};
+
+type Posts = Arc<Mutex<Vec<(String, String)>>>;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Records every POST (path, body) sent to `listener`.
+fn receive(listener: TcpListener) -> Posts {
+    let posts: Posts = Arc::default();
+    let store = Arc::clone(&posts);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            store.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    posts
+}
+
+struct Agent {
+    child: Child,
+    addr: String,
+    dir: TempDir,
+}
+
+impl Agent {
+    /// Runs a simulation whose link-local drops start at 1 s and last `drop_seconds`, with
+    /// the link-local warning made fast (2 s of drops within 5 s, no `for`) so alerts fire
+    /// and resolve within seconds, and the given receivers.
+    fn start(drop_seconds: u32, receivers: &str) -> Self {
+        let dir = TempDir::new("notify");
+        let scenario = dir.join("scenario.yaml");
+        std::fs::write(
+            &scenario,
+            format!(
+                "description: t\ndevices: 1\nconntrack_available: 50000\nevents:\n  - kind: drops\n    \
+                 allowance: linklocal\n    at: 1s\n    duration: {drop_seconds}s\n    rate: 300\n"
+            ),
+        )
+        .unwrap();
+        let config = dir.join("enawatch.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      \
+                 min_throttled: 2s\n      window: 5s\n      for: 0s\n      keep_firing_for: 0s\n  receivers:\n{receivers}"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args(["serve", "--simulate", scenario.to_str().unwrap(), "--listen", &addr, "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, addr, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let m = http_get(&self.addr, "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
+        parse_metrics(&m).get(series).copied().unwrap_or(0.0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, agent: &Agent, timeout: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; agent log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn webhook_and_slack_get_firing_then_resolved() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let posts = receive(listener);
+    let dir = TempDir::new("secret");
+    let slack_url = dir.join("slack-url");
+    std::fs::write(&slack_url, format!("http://127.0.0.1:{port}/slack/T000/SECRET\n")).unwrap();
+    let receivers = format!(
+        "    - type: webhook\n      url: http://127.0.0.1:{port}/hook\n    - type: slack\n      url_file: {}\n",
+        slack_url.display()
+    );
+    let agent = Agent::start(4, &receivers);
+    wait_for("firing and resolved at both receivers", &agent, Duration::from_secs(30), || {
+        posts.lock().unwrap().len() >= 4
+    });
+
+    let posts = posts.lock().unwrap().clone();
+    let hooks: Vec<serde_json::Value> =
+        posts.iter().filter(|(p, _)| p == "/hook").map(|(_, b)| json(b)).collect();
+    assert_eq!(hooks.len(), 2, "exactly one firing and one resolved: {posts:?}");
+    assert_eq!(
+        (hooks[0]["status"].as_str(), hooks[1]["status"].as_str()),
+        (Some("firing"), Some("resolved"))
+    );
+    let alert = &hooks[0]["alert"];
+    assert_eq!(hooks[0]["version"], "1");
+    assert_eq!(alert["name"], "LinkLocalAllowanceExceeded");
+    assert_eq!(
+        (alert["severity"].as_str(), alert["device"].as_str(), alert["allowance"].as_str()),
+        (Some("warning"), Some("ens5"), Some("linklocal"))
+    );
+    assert!(alert["runbook_url"].as_str().unwrap().ends_with("#linklocalallowanceexceeded"));
+    assert!(hooks[1]["alert"]["resolved_at"].is_string());
+
+    let slack: Vec<serde_json::Value> =
+        posts.iter().filter(|(p, _)| p == "/slack/T000/SECRET").map(|(_, b)| json(b)).collect();
+    assert_eq!(slack.len(), 2, "{posts:?}");
+    let text = slack[0]["text"].as_str().unwrap();
+    assert!(text.contains("[FIRING] LinkLocalAllowanceExceeded") && text.contains("ens5"), "{text}");
+    assert!(slack[1]["text"].as_str().unwrap().contains("[RESOLVED]"));
+    assert_eq!(agent.metric("enawatch_notifications_total{receiver=\"slack\",outcome=\"sent\"}"), 2.0);
+    assert!(!agent.log().contains("SECRET"), "the Slack URL is a secret and never logged:\n{}", agent.log());
+}
+
+#[test]
+fn a_receiver_down_for_a_while_gets_everything_once_in_order() {
+    // Reserve a port, then leave it closed: the receiver is down.
+    let port = free_port();
+    let receivers =
+        format!("    - type: webhook\n      name: flaky\n      url: http://127.0.0.1:{port}/hook\n");
+    let agent = Agent::start(4, &receivers);
+    wait_for("retries while the receiver is down", &agent, Duration::from_secs(30), || {
+        agent.metric("enawatch_notifications_total{receiver=\"flaky\",outcome=\"retried\"}") >= 2.0
+    });
+    // Sampling goes on while the receiver is down.
+    let samples = agent.metric("enawatch_samples_total");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(agent.metric("enawatch_samples_total") >= samples + 2.0);
+    assert!(agent.log().contains("cannot notify; retrying with backoff"), "{}", agent.log());
+
+    let posts = receive(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    wait_for("delivery after the receiver came back", &agent, Duration::from_secs(60), || {
+        posts.lock().unwrap().len() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let posts = posts.lock().unwrap().clone();
+    let statuses: Vec<String> =
+        posts.iter().map(|(_, b)| json(b)["status"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(statuses, ["firing", "resolved"], "every notification once, in order");
+    assert_eq!(agent.metric("enawatch_notifications_total{receiver=\"flaky\",outcome=\"sent\"}"), 2.0);
+    assert!(agent.log().contains("receiver reachable again"), "{}", agent.log());
+}
+
+#[test]
+fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    let posts = receive(listener);
+    let dir = TempDir::new("am");
+    let am_port = free_port();
+    let config = dir.join("alertmanager.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname, device]\n  group_wait: 1s\n  group_interval: 1s\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/am\n        send_resolved: true\n"
+        ),
+    )
+    .unwrap();
+    let mut am = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-alertmanager (Debian package) must be installed; scripts/test installs it");
+    let am_addr = format!("127.0.0.1:{am_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&am_addr, "/-/ready", &[]).map_or(true, |r| r.status != 200) {
+        assert!(Instant::now() < deadline, "Alertmanager did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let agent = Agent::start(30, &format!("    - type: alertmanager\n      url: http://{am_addr}\n"));
+    wait_for("Alertmanager's notification", &agent, Duration::from_secs(40), || {
+        posts.lock().unwrap().iter().any(|(p, _)| p == "/am")
+    });
+    let _ = am.kill();
+    let _ = am.wait();
+    let body = json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1);
+    let labels = &body["alerts"][0]["labels"];
+    assert_eq!(labels["alertname"], "LinkLocalAllowanceExceeded");
+    assert_eq!(
+        (labels["device"].as_str(), labels["severity"].as_str(), labels["source"].as_str()),
+        (Some("ens5"), Some("warning"), Some("enawatch"))
+    );
+    assert!(labels["node"].is_string());
+    assert_eq!(body["status"], "firing");
+    assert!(body["alerts"][0]["annotations"]["runbook_url"].as_str().unwrap().contains("runbooks.md#"));
+}
