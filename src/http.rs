@@ -212,6 +212,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn malformed_api_parameters_get_a_400_with_a_message() {
+        let state = state();
+        published(&state);
+        for (path, status, message) in [
+            ("/api/v1/history?device=ens5&seconds=abc", 400, "seconds: invalid digit"),
+            ("/api/v1/history?devic=ens5", 400, "unknown field `devic`"),
+            ("/api/v1/history", 400, "missing field `device`"),
+            ("/api/v1/history?device=ens9", 404, "no watched device named \"ens9\""),
+            ("/api/v1/bursts?allowance=dns", 400, "allowance: \"dns\" is not one of"),
+            ("/api/v1/bursts?device=ens9", 404, "no watched device"),
+        ] {
+            let (got, _, body) = get(&state, path, &[]).await;
+            let body = String::from_utf8(body).unwrap();
+            assert_eq!(got.as_u16(), status, "{path}: {body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(json["error"].as_str().unwrap().contains(message), "{path}: {body}");
+        }
+        let (got, _, body) = get(&state, "/api/v1/status", &[]).await;
+        assert_eq!(got, StatusCode::OK);
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["summary"], "No interface is watched yet (the agent's log says what it found).");
+    }
+
+    #[tokio::test]
     async fn the_page_links_the_endpoints_and_unknown_paths_are_404() {
         let state = state();
         let (status, headers, body) = get(&state, "/", &[]).await;
