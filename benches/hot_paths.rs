@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
-use enawatch::history::{Snapshot, Store};
+use enawatch::alerts::{default_rules, Evaluator};
+use enawatch::history::{Point, Snapshot, Store};
 use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
+use enawatch::stats::ALLOWANCE_STATS;
 use regex_lite::Regex;
 
 /// Device counts: a node with a few ENIs and pod veths, and bench/run's largest.
@@ -65,9 +67,11 @@ enum Shape {
 
 /// A source holding N devices in memory. Each tick it does what the live source does per
 /// device besides the ioctl: share the device and schema, copy the values into a new
-/// `Arc<[u64]>`. The values grow every tick, as a busy device's do.
+/// `Arc<[u64]>`. Traffic stats grow every tick, as a busy device's do; allowance stats stay
+/// put (a node that is not throttled, the common case).
 struct Memory {
     devices: Vec<(Arc<Device>, Arc<Schema>, Vec<u64>)>,
+    growing: Vec<bool>,
 }
 
 impl Memory {
@@ -91,7 +95,8 @@ impl Memory {
                 (device, schema, values)
             })
             .collect();
-        Self { devices }
+        let growing = stats.iter().map(|s| !ALLOWANCE_STATS.contains(s)).collect();
+        Self { devices, growing }
     }
 }
 
@@ -99,34 +104,58 @@ impl Source for Memory {
     fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let mut sample = Sample { at_ms: now_ms, ..Sample::default() };
         for (device, schema, values) in &mut self.devices {
-            for v in values.iter_mut() {
-                *v += 3;
+            for (v, grows) in values.iter_mut().zip(&self.growing) {
+                *v += u64::from(*grows) * 1500;
             }
-            let reading =
-                Reading { device: Arc::clone(device), schema: Arc::clone(schema), values: values[..].into() };
+            let reading = Reading {
+                device: Arc::clone(device),
+                schema: Arc::clone(schema),
+                values: values[..].into(),
+                linklocal: None,
+            };
             sample.readings.push(reading);
         }
         Some(sample)
     }
 }
 
-/// A sampler over N in-memory devices, as `enawatch serve --compat-stats '.*' --history 15m`
-/// at 1 s sets it up, already past its first tick.
-fn sampler(shape: Shape, n: usize) -> (Sampler, Arc<Store>) {
-    let store = Arc::new(Store::new(900));
+/// Ticks of history kept per device: 15 minutes at 1 s, `enawatch serve`'s default.
+const HISTORY_TICKS: i64 = 900;
+
+/// A sampler over N in-memory devices, set up as `enawatch serve --compat-stats '.*'` sets it
+/// up (15 minutes of history at 1 s, the default local alert rules evaluated every tick), in
+/// its steady state: the history is full (filled directly: ticking 900 times would take
+/// minutes under valgrind) and the first tick is past.
+fn sampler(shape: Shape, n: usize) -> (Sampler, Arc<Store>, i64) {
+    let store = Arc::new(Store::new(usize::try_from(HISTORY_TICKS).expect("small")));
     let settings = Settings {
         interval: Duration::from_secs(1),
         compat_stats: Some(Regex::new(".*").expect("valid")),
-        forget_after_ms: 900_000,
+        forget_after_ms: HISTORY_TICKS * 1_000,
     };
-    let mut sampler = Sampler::new(Box::new(Memory::new(shape, n)), settings, Arc::clone(&store));
-    sampler.tick(1_000);
-    (sampler, store)
+    let source = Memory::new(shape, n);
+    if matches!(shape, Shape::Ena) {
+        store.update_history(|h| {
+            for (device, _, _) in &source.devices {
+                for t in 1..=HISTORY_TICKS {
+                    h.push(
+                        &device.name,
+                        Point { at_ms: t * 1_000, added: [0; 5], available: 6_000, flags: 0, linklocal: Point::NO_VALUE },
+                    );
+                }
+            }
+        });
+    }
+    let mut sampler = Sampler::new(Box::new(source), settings, Arc::clone(&store))
+        .with_alerts(Evaluator::new(default_rules()), None);
+    let now_ms = (HISTORY_TICKS + 1) * 1_000;
+    sampler.tick(now_ms);
+    (sampler, store, now_ms)
 }
 
 fn snapshot(shape: Shape, n: usize) -> Arc<Snapshot> {
-    let (mut sampler, _store) = sampler(shape, n);
-    sampler.tick(2_000).expect("a memory source never ends")
+    let (mut sampler, _store, now_ms) = sampler(shape, n);
+    sampler.tick(now_ms + 1_000).expect("a memory source never ends")
 }
 
 fn options() -> Options {
@@ -134,9 +163,29 @@ fn options() -> Options {
 }
 
 fn bench_tick(bencher: Bencher, shape: Shape, n: usize) {
-    let (mut sampler, _store) = sampler(shape, n);
-    let mut now_ms = 1_000;
+    let (mut sampler, _store, mut now_ms) = sampler(shape, n);
     bencher.counter(ItemsCount::new(n)).bench_local(move || {
+        now_ms += 1_000;
+        sampler.tick(now_ms)
+    });
+}
+
+/// Bytes written between two cold ticks: more than this machine's caches hold, so each tick
+/// starts as a live one does after a second of other work (the kernel's share is in bench/run).
+const EVICT_BYTES: usize = 64 << 20;
+
+/// Writes `scratch` whole, pushing everything else out of the caches.
+fn evict(scratch: &mut [u8]) {
+    for (i, line) in scratch.chunks_mut(64).enumerate() {
+        line[0] = line[0].wrapping_add(u8::try_from(i & 0x7f).expect("small"));
+    }
+    black_box(&*scratch);
+}
+
+fn bench_tick_cold(bencher: Bencher, shape: Shape, n: usize) {
+    let (mut sampler, _store, mut now_ms) = sampler(shape, n);
+    let mut scratch = vec![0u8; EVICT_BYTES];
+    bencher.counter(ItemsCount::new(n)).with_inputs(|| evict(&mut scratch)).bench_local_values(|()| {
         now_ms += 1_000;
         sampler.tick(now_ms)
     });
@@ -164,6 +213,18 @@ fn tick_ena(bencher: Bencher, n: usize) {
     bench_tick(bencher, Shape::Ena, n);
 }
 
+/// `tick_veth` with cold caches: everything is evicted before each tick (one tick per sample).
+#[divan::bench(args = SIZES, sample_size = 1, sample_count = 200)]
+fn tick_veth_cold(bencher: Bencher, n: usize) {
+    bench_tick_cold(bencher, Shape::Veth, n);
+}
+
+/// `tick_ena` with cold caches.
+#[divan::bench(args = SIZES, sample_size = 1, sample_count = 200)]
+fn tick_ena_cold(bencher: Bencher, n: usize) {
+    bench_tick_cold(bencher, Shape::Ena, n);
+}
+
 /// `/metrics` of N veth-shaped devices with the node-exporter family for all stats.
 #[divan::bench(args = SIZES)]
 fn render_veth(bencher: Bencher, n: usize) {
@@ -179,8 +240,14 @@ fn render_ena(bencher: Bencher, n: usize) {
 /// What `bench/callgrind` counts: `iterations` runs of one hot path, in a function of its own
 /// so valgrind's `--toggle-collect` counts exactly these instructions and not the set-up.
 #[inline(never)]
-fn measured(what: &str, iterations: u64, sampler: &mut Sampler, snapshot: &Snapshot, options: &Options) {
-    let mut now_ms = 10_000;
+fn measured(
+    what: &str,
+    iterations: u64,
+    mut now_ms: i64,
+    sampler: &mut Sampler,
+    snapshot: &Snapshot,
+    options: &Options,
+) {
     for _ in 0..iterations {
         if what.starts_with("tick") {
             now_ms += 1_000;
@@ -205,14 +272,15 @@ fn callgrind(spec: &str) {
         "tick_ena" | "render_ena" => Shape::Ena,
         _ => panic!("ENAWATCH_CALLGRIND: unknown {what:?}"),
     };
-    let (mut sampler, _store) = sampler(shape, n);
+    let (mut sampler, _store, mut now_ms) = sampler(shape, n);
     // Warm up: the first ticks size every buffer; the steady state is what repeats.
-    for t in 2..10 {
-        sampler.tick(t * 1_000);
+    for _ in 0..3 {
+        now_ms += 1_000;
+        sampler.tick(now_ms);
     }
     let snapshot = snapshot(shape, n);
     let options = options();
-    measured(what, iterations, &mut sampler, &snapshot, &options);
+    measured(what, iterations, now_ms, &mut sampler, &snapshot, &options);
 }
 
 fn main() {

@@ -449,7 +449,13 @@ mod tests {
     use super::*;
 
     fn point(at_s: i64, ll: u32, flags: u8) -> Point {
-        Point { at_ms: at_s * 1000, added: [0, 0, 0, 0, ll], available: Point::NO_VALUE, flags }
+        Point {
+            at_ms: at_s * 1000,
+            added: [0, 0, 0, 0, ll],
+            available: Point::NO_VALUE,
+            flags,
+            linklocal: Point::NO_VALUE,
+        }
     }
 
     #[test]

@@ -229,6 +229,8 @@ struct HistoryBody {
     /// Seconds of that interval during which the allowance was exceeded (0 or the interval).
     throttled: serde_json::Map<String, serde_json::Value>,
     conntrack_available: Vec<Option<u32>>,
+    /// Packets per second to link-local services (with the link-local meter on).
+    linklocal_pps: Vec<Option<u32>>,
     glitch: Vec<bool>,
     reset: Vec<bool>,
 }
@@ -264,6 +266,7 @@ async fn history(
         pps: serde_json::Map::new(),
         throttled: serde_json::Map::new(),
         conntrack_available: Vec::new(),
+        linklocal_pps: Vec::new(),
         glitch: Vec::new(),
         reset: Vec::new(),
     };
@@ -286,6 +289,7 @@ async fn history(
             throttled[a.index()].push(if added > 0.0 { seconds } else { 0.0 });
         }
         body.conntrack_available.push((p.available != Point::NO_VALUE && !glitch).then_some(p.available));
+        body.linklocal_pps.push((p.linklocal != Point::NO_VALUE).then_some(p.linklocal));
         body.glitch.push(glitch);
         body.reset.push(p.flags & Point::RESET != 0);
     }

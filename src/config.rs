@@ -64,6 +64,16 @@ pub struct Settings {
     #[arg(long, value_name = "REGEX")]
     pub compat_stats: Option<String>,
 
+    /// Meter the packets each watched device sends to link-local services (DNS resolver,
+    /// IMDS, Time Sync) against their 1024/s budget. Needs CAP_NET_RAW. Default: off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub linklocal_meter: Option<bool>,
+
+    /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
+    /// comma-separated. Default: the nameservers ending in .2 in /etc/resolv.conf.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub vpc_resolvers: Option<Vec<String>>,
+
     /// Log level: error, warn, info, debug or trace. Default: info.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -131,6 +141,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// JSON logs.
     pub log_json: bool,
+    /// The link-local meter's destinations, when the meter is on.
+    pub linklocal: Option<crate::linklocal::Targets>,
     /// Local alert rules (the shipped alerts with overrides applied).
     pub alert_rules: Vec<crate::alerts::LocalRule>,
     /// Notification receivers.
@@ -191,6 +203,8 @@ impl Settings {
             eni: if over.eni.is_empty() { self.eni } else { over.eni },
             compat: over.compat.or(self.compat),
             compat_stats: over.compat_stats.or(self.compat_stats),
+            linklocal_meter: over.linklocal_meter.or(self.linklocal_meter),
+            vpc_resolvers: over.vpc_resolvers.or(self.vpc_resolvers),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
             // Only the file has an alerts section.
@@ -269,11 +283,13 @@ impl Settings {
             "json" => true,
             other => return Err(invalid("log_format", Some(other), "is not one of: text, json")),
         };
+        let linklocal = self.linklocal_targets()?;
         let alerts = self.alerts.clone().unwrap_or_default();
         let alert_rules = crate::alerts::rules_with(&alerts.rules)?;
         let receivers =
             alerts.receivers.iter().enumerate().map(|(i, r)| r.resolve(i)).collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            linklocal,
             alert_rules,
             receivers,
             alerts: self.alerts.clone(),
@@ -289,6 +305,27 @@ impl Settings {
             log_level,
             log_json,
         })
+    }
+}
+
+impl Settings {
+    /// The link-local meter's targets, when the meter is on.
+    fn linklocal_targets(&self) -> Result<Option<crate::linklocal::Targets>, ConfigError> {
+        if !self.linklocal_meter.unwrap_or(false) {
+            return Ok(None);
+        }
+        let resolvers = match &self.vpc_resolvers {
+            Some(list) => list
+                .iter()
+                .map(|a| {
+                    a.trim().parse().map_err(|_| invalid("vpc_resolvers", Some(a), "is not an IPv4 address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => crate::linklocal::vpc_resolvers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+        };
+        Ok(Some(crate::linklocal::Targets::new(&resolvers)))
     }
 }
 
@@ -316,6 +353,8 @@ impl Config {
                     .collect(),
             ),
             compat_stats: re(&self.compat_stats),
+            linklocal_meter: Some(self.linklocal.is_some()),
+            vpc_resolvers: self.linklocal.as_ref().map(crate::linklocal::Targets::resolvers),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
             alerts: self.alerts.clone(),

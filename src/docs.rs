@@ -33,6 +33,7 @@ pub fn metrics_table() -> String {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Untyped => "untyped",
+            Kind::Histogram => "histogram",
         };
         let labels = if f.labels.is_empty() { String::new() } else { format!("`{}`", f.labels) };
         let _ = writeln!(out, "| `{}` | {kind} | {labels} | {} |", f.name, f.help.replace('|', "\\|"));

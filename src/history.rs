@@ -68,6 +68,50 @@ pub struct DeviceState {
     pub glitches: u64,
     /// Counter jumps held back as implausible.
     pub implausible: u64,
+    /// The link-local meter's counters, when it is on.
+    pub linklocal: Option<LinkLocal>,
+}
+
+/// Upper bounds of the link-local rate histogram, packets per second: dense around the
+/// 1024/s budget, where the question "how close" is asked.
+pub const LINKLOCAL_BUCKETS: [f64; 12] =
+    [50.0, 100.0, 250.0, 500.0, 750.0, 900.0, 1000.0, 1024.0, 1250.0, 1500.0, 2000.0, 5000.0];
+
+/// The link-local meter's view of one device.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkLocal {
+    /// Packets sent to each service (by [`Service::index`](crate::linklocal::Service::index)).
+    pub packets: [u64; 3],
+    /// Sampling intervals by their rate (all services), cumulative per bucket as exported.
+    pub buckets: [u64; 12],
+    /// Intervals observed.
+    pub count: u64,
+    /// Sum of the observed rates.
+    pub sum: f64,
+    /// Time of the previous reading, for the interval's length.
+    pub last_at_ms: Option<i64>,
+}
+
+impl LinkLocal {
+    /// Adds one reading's counts taken at `at_ms`; returns the interval's rate in whole
+    /// packets per second.
+    pub fn observe(&mut self, counts: [u32; 3], at_ms: i64) -> Option<u32> {
+        for (total, n) in self.packets.iter_mut().zip(counts) {
+            *total += u64::from(n);
+        }
+        let previous = self.last_at_ms.replace(at_ms)?;
+        let ms = u64::try_from(at_ms - previous).ok().filter(|&ms| ms > 0)?;
+        let packets: u64 = counts.iter().map(|&n| u64::from(n)).sum();
+        let rate = packets as f64 * 1000.0 / ms as f64;
+        for (bucket, bound) in self.buckets.iter_mut().zip(LINKLOCAL_BUCKETS) {
+            if rate <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += rate;
+        Some(u32::try_from(packets * 1000 / ms).unwrap_or(u32::MAX))
+    }
 }
 
 /// A count of failed reads.
@@ -93,6 +137,8 @@ pub struct Point {
     pub available: u32,
     /// [`Point::GLITCH`], [`Point::RESET`].
     pub flags: u8,
+    /// Packets per second to link-local services over the interval, or [`Point::NO_VALUE`].
+    pub linklocal: u32,
 }
 
 impl Point {
@@ -190,7 +236,7 @@ mod tests {
     use super::*;
 
     fn point(at_ms: i64) -> Point {
-        Point { at_ms, added: [0; 5], available: Point::NO_VALUE, flags: 0 }
+        Point { at_ms, added: [0; 5], available: Point::NO_VALUE, flags: 0, linklocal: Point::NO_VALUE }
     }
 
     #[test]

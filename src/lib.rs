@@ -16,6 +16,7 @@ pub mod config;
 pub mod docs;
 pub mod history;
 pub mod http;
+pub mod linklocal;
 pub mod metrics;
 pub mod record;
 pub mod rules;

@@ -39,6 +39,7 @@ pub fn run(args: &RecordArgs) -> Result<(), Failure> {
         include: config.device_include.clone(),
         exclude: config.device_exclude.clone(),
         eni: config.eni.clone(),
+        linklocal: config.linklocal.clone(),
     };
     let mut source = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;

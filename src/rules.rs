@@ -184,6 +184,14 @@ pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
     ),
 ];
 
+/// `LinkLocalBudgetNearlyExhausted`: the 99th-percentile second of the window used more than
+/// this share of the 1024/s link-local budget...
+pub const BUDGET_RATIO: f64 = 0.8;
+/// ...over this window...
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// ...held this long.
+pub const BUDGET_HOLD: Duration = Duration::from_secs(5 * 60);
+
 /// `ConntrackAllowanceLow` fires below this many connections of headroom...
 pub const CONNTRACK_LOW: u64 = 10_000;
 /// ...held this long.
@@ -350,6 +358,26 @@ fn allowances() -> Vec<Rule> {
              connections are dropped.",
         )
         .runbook("ConntrackAllowanceLow"),
+    );
+    allowances.push(
+        Rule::alert(
+            "LinkLocalBudgetNearlyExhausted",
+            format!(
+                "histogram_quantile(0.99, rate(ena_linklocal_packets_per_second_bucket[{}])) > {}",
+                HumanDuration(BUDGET_WINDOW),
+                BUDGET_RATIO * crate::linklocal::BUDGET_PPS
+            ),
+        )
+        .hold(BUDGET_HOLD)
+        .severity(Severity::Warning)
+        .annotate("summary", "Link-local budget nearly used up on {{ $labels.instance }} {{ $labels.device }}")
+        .annotate(
+            "description",
+            "The busiest seconds of {{ $labels.device }} on {{ $labels.instance }} (node {{ $labels.node }}) \
+             send {{ $value | humanize }} packets per second to link-local services (DNS resolver, IMDS, \
+             Time Sync), more than 80% of the 1024/s the ENI may send before EC2 drops them.",
+        )
+        .runbook("LinkLocalBudgetNearlyExhausted"),
     );
     allowances
 }

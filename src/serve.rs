@@ -57,6 +57,7 @@ pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failur
         include: config.device_include.clone(),
         exclude: config.device_exclude.clone(),
         eni: config.eni.clone(),
+        linklocal: config.linklocal.clone(),
     };
     let live = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;

@@ -79,11 +79,18 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
     let sample = |at_ms, ens5_values: Arc<[u64]>, eth1_values: [u64; 6]| Sample {
         at_ms,
         readings: vec![
-            Reading { device: Arc::clone(&ens5), schema: Arc::clone(&ens5_schema), values: ens5_values },
+            // ens5 runs the link-local meter: 703 packets a second to DNS, IMDS and Time Sync.
+            Reading {
+                device: Arc::clone(&ens5),
+                schema: Arc::clone(&ens5_schema),
+                values: ens5_values,
+                linklocal: Some([700, 2, 1]),
+            },
             Reading {
                 device: Arc::clone(&eth1),
                 schema: Arc::clone(&eth1_schema),
                 values: eth1_values.into(),
+                linklocal: None,
             },
         ],
         events: Vec::new(),

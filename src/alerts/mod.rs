@@ -34,6 +34,14 @@ pub enum Condition {
         /// Look-back window.
         window: Duration,
     },
+    /// The 99th-percentile interval of `window` sent more than `ratio` of the link-local
+    /// budget (with the link-local meter on).
+    LinkLocalBudget {
+        /// Share of the 1024/s budget.
+        ratio: f64,
+        /// Look-back window.
+        window: Duration,
+    },
     /// The lowest conntrack headroom of the instance is below `below`.
     ConntrackBelow {
         /// Threshold.
@@ -78,6 +86,15 @@ pub fn default_rules() -> Vec<LocalRule> {
             impact: a.impact,
         })
         .collect();
+    out.push(LocalRule {
+        name: "LinkLocalBudgetNearlyExhausted",
+        severity: Severity::Warning,
+        condition: Condition::LinkLocalBudget { ratio: rules::BUDGET_RATIO, window: rules::BUDGET_WINDOW },
+        hold: rules::BUDGET_HOLD,
+        keep_firing: Duration::ZERO,
+        summary: "Link-local budget nearly used up",
+        impact: "EC2 drops link-local packets (DNS, IMDS, Time Sync) beyond 1024 a second per ENI.",
+    });
     out.push(LocalRule {
         name: "ConntrackAllowanceLow",
         severity: Severity::Warning,
@@ -168,6 +185,12 @@ pub fn rules_with(overrides: &[RuleOverride]) -> Result<Vec<LocalRule>, ConfigEr
                         return Err(bad("below", &o.alert, "applies to ConntrackAllowanceLow only"));
                     }
                     *min_throttled = min.unwrap_or(*min_throttled);
+                    *w = window.unwrap_or(*w);
+                }
+                Condition::LinkLocalBudget { window: w, .. } => {
+                    if min.is_some() || o.below.is_some() {
+                        return Err(bad("min_throttled/below", &o.alert, "do not apply to this alert"));
+                    }
                     *w = window.unwrap_or(*w);
                 }
                 Condition::ConntrackBelow { below } => {
@@ -300,6 +323,26 @@ impl Evaluator {
                         results.push((r, Some(d.device.name.clone()), Some(allowance.label()), value, holds));
                     }
                 }
+                Condition::LinkLocalBudget { ratio, window } => {
+                    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+                    for d in snapshot.devices.iter().filter(|d| d.linklocal.is_some()) {
+                        let since = now.saturating_sub(window_ms);
+                        let mut rates: Vec<u32> = history
+                            .points(&d.device.name)
+                            .filter(|p| p.at_ms > since && p.linklocal != Point::NO_VALUE)
+                            .map(|p| p.linklocal)
+                            .collect();
+                        if rates.is_empty() {
+                            continue;
+                        }
+                        rates.sort_unstable();
+                        // The 99th-percentile interval (nearest rank).
+                        let rank = (rates.len() * 99).div_ceil(100).max(1) - 1;
+                        let value = f64::from(rates[rank]);
+                        let holds = value > ratio * crate::linklocal::BUDGET_PPS;
+                        results.push((r, Some(d.device.name.clone()), Some("linklocal"), value, holds));
+                    }
+                }
                 Condition::ConntrackBelow { below } => {
                     let min = snapshot
                         .devices
@@ -404,6 +447,12 @@ fn new_alert(
 
 fn describe(rule: &LocalRule, device: Option<&str>, value: f64) -> String {
     match (&rule.condition, device) {
+        (Condition::LinkLocalBudget { window, .. }, Some(d)) => format!(
+            "The busiest seconds of {d} in the last {} sent {value} packets per second to link-local \
+             services, more than 80% of the 1024/s budget. {}",
+            HumanDuration(*window),
+            rule.impact
+        ),
         (Condition::Throttled { window, .. }, Some(d)) => {
             format!("{d} was throttled for {value}s of the last {}. {}", HumanDuration(*window), rule.impact)
         }

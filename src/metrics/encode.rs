@@ -51,6 +51,8 @@ pub enum Kind {
     Gauge,
     /// Unknown semantics (node_exporter's ethtool values).
     Untyped,
+    /// Cumulative buckets (`_bucket{le}`), `_sum` and `_count`.
+    Histogram,
 }
 
 /// A sample value.
@@ -84,6 +86,7 @@ impl<'a> Encoder<'a> {
         let kind = match (self.format, kind) {
             (_, Kind::Counter) => "counter",
             (_, Kind::Gauge) => "gauge",
+            (_, Kind::Histogram) => "histogram",
             (Format::Text, Kind::Untyped) => "untyped",
             (Format::OpenMetrics, Kind::Untyped) => "unknown",
         };
@@ -123,9 +126,7 @@ impl<'a> Encoder<'a> {
         }
         self.out.push(' ');
         match value {
-            Value::Int(v) => {
-                let _ = write!(self.out, "{v}");
-            }
+            Value::Int(v) => push_u64(self.out, v),
             Value::Float(v) => write_float(self.out, v),
         }
         self.out.push('\n');
@@ -140,6 +141,12 @@ impl<'a> Encoder<'a> {
 }
 
 fn escape_label_value(out: &mut String, v: &str) {
+    // Label values are interface, driver and stat names: nearly never anything to escape, and
+    // copying them whole is several times faster than char by char.
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -148,6 +155,22 @@ fn escape_label_value(out: &mut String, v: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// Appends `v` in decimal, as `write!(out, "{v}")` does but without the formatting machinery,
+/// which took a quarter of a `/metrics` render (most samples are integers).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + u8::try_from(v % 10).expect("a decimal digit");
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 fn write_float(out: &mut String, v: f64) {
@@ -193,6 +216,15 @@ mod tests {
         e.sample("x_total", &[], Value::Float(1.5));
         e.finish();
         assert_eq!(om, "# HELP x h\n# TYPE x counter\n# HELP u h\n# TYPE u unknown\nx_total 1.5\n# EOF\n");
+    }
+
+    #[test]
+    fn integers_print_as_display_does() {
+        for v in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            let mut s = String::from("x ");
+            push_u64(&mut s, v);
+            assert_eq!(s, format!("x {v}"));
+        }
     }
 
     #[test]

@@ -7,12 +7,16 @@ pub mod compat;
 pub mod encode;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::fmt::Write as _;
+
 use crate::alerts::notify::ReceiverStats;
 use crate::alerts::State;
+use crate::history::LINKLOCAL_BUCKETS;
+use crate::linklocal::Service;
 
 use self::encode::{Encoder, Format, Kind, Value};
 use crate::history::Snapshot;
@@ -58,7 +62,7 @@ const fn family(name: &'static str, kind: Kind, labels: &'static str, help: &'st
 }
 
 /// The native families, in exposition order.
-pub const NATIVE_FAMILIES: [Family; 16] = [
+pub const NATIVE_FAMILIES: [Family; 18] = [
     family(
         "ena_allowance_exceeded_packets_total",
         Kind::Counter,
@@ -88,6 +92,18 @@ pub const NATIVE_FAMILIES: [Family; 16] = [
         Kind::Gauge,
         "device, stat",
         "Whether the driver reports this allowance statistic (1) or not (0).",
+    ),
+    family(
+        "ena_linklocal_packets_total",
+        Kind::Counter,
+        "device, service",
+        "Packets sent to link-local services (service: dns, imds, ntp), which share a budget of 1024 per second per ENI (with --linklocal-meter).",
+    ),
+    family(
+        "ena_linklocal_packets_per_second",
+        Kind::Histogram,
+        "device",
+        "Sampling intervals by their rate of packets to link-local services; with 1 s sampling, each observation is one second (with --linklocal-meter).",
     ),
     family("enawatch_build_info", Kind::Gauge, "version, revision", "enawatch build information."),
     family(
@@ -155,7 +171,13 @@ pub const REVISION: &str = env!("ENAWATCH_REVISION");
 /// Renders one snapshot.
 #[allow(clippy::too_many_lines)] // one family after another, in the contract's order
 pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String {
-    let mut out = String::with_capacity(4096 + snapshot.devices.len() * 2048);
+    // The body is about as long as the last one: allocated once at that size, it is never
+    // grown (each growth copies it and, past glibc's mmap threshold, leaves a freed
+    // megabyte-sized block in the heap). The first render of a process estimates.
+    static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
+    let last = LAST_LEN.load(Ordering::Relaxed);
+    let estimate = if last == 0 { 4096 + snapshot.devices.len() * 2048 } else { last + last / 16 };
+    let mut out = String::with_capacity(estimate);
     let mut e = Encoder::new(&mut out, format);
     let mut families = NATIVE_FAMILIES.iter();
     let mut next = |e: &mut Encoder| {
@@ -210,6 +232,36 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
             let supported = d.schema.index.supports(k);
             e.sample(name, &[("device", &d.device.name), ("stat", stat)], Value::Int(supported.into()));
         }
+    }
+
+    let name = next(&mut e);
+    for d in &snapshot.devices {
+        if let Some(ll) = &d.linklocal {
+            for s in Service::ALL {
+                e.sample(
+                    name,
+                    &[("device", &d.device.name), ("service", s.label())],
+                    Value::Int(ll.packets[s.index()]),
+                );
+            }
+        }
+    }
+    let name = next(&mut e);
+    let mut bucket_name = String::new();
+    for d in &snapshot.devices {
+        let Some(ll) = &d.linklocal else { continue };
+        bucket_name.clear();
+        bucket_name.push_str(name);
+        bucket_name.push_str("_bucket");
+        let mut bound = String::new();
+        for (count, le) in ll.buckets.iter().zip(LINKLOCAL_BUCKETS) {
+            bound.clear();
+            let _ = write!(bound, "{le}");
+            e.sample(&bucket_name, &[("device", &d.device.name), ("le", &bound)], Value::Int(*count));
+        }
+        e.sample(&bucket_name, &[("device", &d.device.name), ("le", "+Inf")], Value::Int(ll.count));
+        e.sample(&format!("{name}_sum"), &[("device", &d.device.name)], Value::Float(ll.sum));
+        e.sample(&format!("{name}_count"), &[("device", &d.device.name)], Value::Int(ll.count));
     }
 
     let name = next(&mut e);
@@ -279,6 +331,7 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
         }
     }
     e.finish();
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
     out
 }
 

@@ -249,7 +249,7 @@ impl Sampler {
     /// Runs one reading through the counter semantics; the history point and the packets
     /// added, for a device that reports allowance stats.
     fn apply(&mut self, reading: Reading, at_ms: i64) -> Option<(Point, [u64; 5])> {
-        let Reading { device, schema, values } = reading;
+        let Reading { device, schema, values, linklocal } = reading;
         let state = match self.devices.get_mut(&device.name) {
             Some(state) => state,
             None => self.devices.entry(device.name.clone()).or_insert_with(|| DeviceState {
@@ -261,6 +261,7 @@ impl Sampler {
                 resets: 0,
                 glitches: 0,
                 implausible: 0,
+                linklocal: None,
             }),
         };
         if !Arc::ptr_eq(&state.schema, &schema) {
@@ -283,7 +284,11 @@ impl Sampler {
         }
         state.implausible += update.implausible.iter().filter(|&&b| b).count() as u64;
 
-        let tracked = state.counters.supported.iter().any(|&s| s) || state.counters.available_supported;
+        let linklocal_rate =
+            linklocal.and_then(|counts| state.linklocal.get_or_insert_default().observe(counts, at_ms));
+        let tracked = state.counters.supported.iter().any(|&s| s)
+            || state.counters.available_supported
+            || state.linklocal.is_some();
         tracked.then(|| {
             (
                 Point {
@@ -296,6 +301,7 @@ impl Sampler {
                     },
                     flags: if update.glitch { Point::GLITCH } else { 0 }
                         | if update.any_reset() { Point::RESET } else { 0 },
+                    linklocal: linklocal_rate.map_or(Point::NO_VALUE, |r| r.min(Point::NO_VALUE - 1)),
                 },
                 update.added,
             )
@@ -388,7 +394,7 @@ mod tests {
             eni: None,
         });
         let schema = Arc::new(Schema::new(vec!["linklocal_allowance_exceeded".into()]));
-        Reading { device, schema, values: vec![ll].into() }
+        Reading { device, schema, values: vec![ll].into(), linklocal: None }
     }
 
     fn failed(name: &str) -> Event {

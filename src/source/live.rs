@@ -14,7 +14,9 @@ use regex_lite::Regex;
 use tracing::{info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
+use crate::linklocal::Targets;
 use crate::stats::ENA_DRIVER;
+use crate::sys::packet::{Instruction, PacketSocket};
 use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
 
 /// Which interfaces to watch.
@@ -26,6 +28,8 @@ pub struct Selection {
     pub exclude: Option<Regex>,
     /// ENI ids by interface name, where altnames do not carry them.
     pub eni: HashMap<String, String>,
+    /// Meter link-local traffic (needs `CAP_NET_RAW`).
+    pub linklocal: Option<Targets>,
 }
 
 impl Selection {
@@ -65,6 +69,8 @@ pub struct LiveSource {
     /// admin-queue command to the device); warned once.
     fast_interval: Option<Duration>,
     first_discovery: bool,
+    /// The meter's BPF program, while the meter is on.
+    meter_program: Option<Vec<Instruction>>,
 }
 
 struct Watched {
@@ -75,6 +81,8 @@ struct Watched {
     schema: Option<Arc<Schema>>,
     /// Set when the driver has no statistics at all; such a device is listed, not read.
     no_stats: bool,
+    /// The link-local meter's socket on this device.
+    meter: Option<PacketSocket>,
 }
 
 impl LiveSource {
@@ -82,7 +90,6 @@ impl LiveSource {
     pub fn new(selection: Selection, rediscover_every: Duration, interval: Duration) -> io::Result<Self> {
         Ok(Self {
             ethtool: Ethtool::open()?,
-            selection,
             rediscover_every,
             next_discovery: Instant::now(),
             drivers: HashMap::new(),
@@ -91,6 +98,8 @@ impl LiveSource {
             empty: Arc::new(Schema::new(Vec::new())),
             fast_interval: (interval < Duration::from_secs(1)).then_some(interval),
             first_discovery: true,
+            meter_program: selection.linklocal.as_ref().map(Targets::program),
+            selection,
         })
     }
 
@@ -139,7 +148,15 @@ impl LiveSource {
                 eni,
             });
             added.push(describe(&device));
-            self.watched.push(Watched { ifname, index: link.index, device, schema: None, no_stats: false });
+            let meter = self.open_meter(&link.name, link.index);
+            self.watched.push(Watched {
+                ifname,
+                index: link.index,
+                device,
+                schema: None,
+                no_stats: false,
+                meter,
+            });
         }
         self.watched.sort_by(|a, b| a.device.name.cmp(&b.device.name));
 
@@ -164,6 +181,28 @@ impl LiveSource {
             }
         }
         self.first_discovery = false;
+    }
+
+    /// Opens the link-local meter on a device; turns the meter off (once, with one log
+    /// line) when the process may not open packet sockets.
+    fn open_meter(&mut self, name: &str, index: u32) -> Option<PacketSocket> {
+        let program = self.meter_program.as_ref()?;
+        match PacketSocket::open(index, program) {
+            Ok(socket) => Some(socket),
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                warn!(
+                    error = %err,
+                    "the link-local meter needs CAP_NET_RAW (add it to the container, or run as root); \
+                     it is off, everything else keeps working"
+                );
+                self.meter_program = None;
+                None
+            }
+            Err(err) => {
+                warn!(device = name, error = %err, "cannot meter link-local traffic on this device");
+                None
+            }
+        }
     }
 
     /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
@@ -207,10 +246,25 @@ enum Outcome {
 }
 
 impl LiveSource {
-    fn read_one(ethtool: &Ethtool, buf: &mut StatsBuffer, empty: &Arc<Schema>, w: &mut Watched) -> Outcome {
+    fn read_one(
+        ethtool: &Ethtool,
+        buf: &mut StatsBuffer,
+        empty: &Arc<Schema>,
+        targets: &Targets,
+        w: &mut Watched,
+    ) -> Outcome {
         let device = Arc::clone(&w.device);
+        let linklocal = w.meter.as_mut().map(|socket| {
+            let mut counts = [0u32; 3];
+            socket.drain(|packet| {
+                if let Some(s) = targets.classify(packet) {
+                    counts[s.index()] = counts[s.index()].saturating_add(1);
+                }
+            });
+            counts
+        });
         let reading = |schema: Arc<Schema>, values: &[u64]| {
-            Outcome::Read(Reading { device: Arc::clone(&device), schema, values: values.into() })
+            Outcome::Read(Reading { device: Arc::clone(&device), schema, values: values.into(), linklocal })
         };
         let result = (|| {
             if w.no_stats {
@@ -254,8 +308,10 @@ impl Source for LiveSource {
             self.next_discovery = Instant::now() + self.rediscover_every;
         }
         let (ethtool, buf, empty) = (&self.ethtool, &mut self.buf, &self.empty);
+        let no_targets = Targets::new(&[]);
+        let targets = self.selection.linklocal.as_ref().unwrap_or(&no_targets);
         self.watched.retain_mut(|w| {
-            match Self::read_one(ethtool, buf, empty, w) {
+            match Self::read_one(ethtool, buf, empty, targets, w) {
                 Outcome::Read(r) => sample.readings.push(r),
                 Outcome::Nothing => {}
                 Outcome::Event(e) => sample.events.push(e),

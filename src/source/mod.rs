@@ -49,6 +49,9 @@ pub struct Reading {
     pub schema: Arc<Schema>,
     /// The driver's values, in `schema.names` order.
     pub values: Arc<[u64]>,
+    /// Packets sent to link-local services since the previous reading, by
+    /// [`Service`](crate::linklocal::Service), when the link-local meter is on.
+    pub linklocal: Option<[u32; 3]>,
 }
 
 /// A watched network interface.

@@ -96,7 +96,7 @@ impl ReplaySource {
             .iter()
             .map(|(name, v)| v.saturating_add(offsets.and_then(|o| o.get(name)).copied().unwrap_or(0)))
             .collect();
-        Reading { device: Arc::clone(&entry.0), schema: Arc::clone(&entry.1), values }
+        Reading { device: Arc::clone(&entry.0), schema: Arc::clone(&entry.1), values, linklocal: None }
     }
 }
 

@@ -355,7 +355,12 @@ impl SimulatedSource {
                 let scale = 1 + u64::try_from(i).unwrap_or(0) * 3;
                 let baseline: Vec<u64> = self.baseline.iter().map(|v| v / scale).collect();
                 let values = self.scenario.values(i, t, &schema.names, &baseline);
-                Reading { device: Arc::clone(device), schema: Arc::clone(schema), values: values.into() }
+                Reading {
+                    device: Arc::clone(device),
+                    schema: Arc::clone(schema),
+                    values: values.into(),
+                    linklocal: None,
+                }
             })
             .collect();
         Sample { at_ms, readings, events: Vec::new() }

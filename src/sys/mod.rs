@@ -10,6 +10,7 @@
 //! Everything above this module is safe code working on the plain values returned here.
 
 mod netlink;
+pub mod packet;
 
 use std::ffi::c_void;
 use std::io;
