@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/history", get(history))
         .route("/api/v1/bursts", get(bursts))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/dns", get(dns))
 }
 
 /// The page may load only what the agent itself serves: no CDN, no other origin.
@@ -358,4 +359,16 @@ async fn bursts(
 
 async fn alerts(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "alerts": state.store.latest().alerts })).into_response()
+}
+
+async fn dns(State(state): State<Arc<AppState>>) -> Response {
+    let Some(analysis) = &state.dns else {
+        return Json(
+            json!({ "enabled": false, "hint": "start the agent with --dns-analysis (needs CAP_NET_RAW)" }),
+        )
+        .into_response();
+    };
+    let report =
+        analysis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report(crate::sampler::wall_ms());
+    Json(json!({ "enabled": true, "report": report })).into_response()
 }

@@ -29,6 +29,9 @@ pub enum Command {
     Record(RecordArgs),
     /// Report the throttling episodes in a capture and what to do about them.
     Analyze(AnalyzeArgs),
+    /// A one-shot report for this node: devices, drops, link-local headroom, DNS, and fixes.
+    /// Exits 3 when it finds throttling.
+    Diagnose(DiagnoseArgs),
     /// The monitoring package's alerting and recording rules.
     Rules {
         /// What to do with them.
@@ -175,6 +178,22 @@ pub struct AnalyzeArgs {
     /// Device name for the stats of a capture that names none. Default: eth0.
     #[arg(long, value_name = "NAME")]
     pub device: Option<String>,
+}
+
+/// Flags of `enawatch diagnose`.
+#[derive(clap::Args, Debug)]
+pub struct DiagnoseArgs {
+    /// How long to sample. Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+
+    /// Watch the interfaces whose name matches, instead of the ENA ones.
+    #[arg(long, value_name = "REGEX")]
+    pub device_include: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
 }
 
 /// Report formats.

@@ -69,6 +69,12 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub linklocal_meter: Option<bool>,
 
+    /// Decode DNS queries and responses on every interface: per-client rates, NXDOMAIN
+    /// ratios, top names and search-path amplification (`/api/v1/dns`). Needs CAP_NET_RAW.
+    /// Default: off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub dns_analysis: Option<bool>,
+
     /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
     /// comma-separated. Default: the nameservers ending in .2 in /etc/resolv.conf.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -87,6 +93,12 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertsConfig>,
+
+    /// Push samples with Prometheus remote write (config file only): a list of endpoints, see
+    /// docs/remote-write.md.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<crate::remote_write::EndpointConfig>,
 }
 
 /// The `alerts` section of the config file.
@@ -143,12 +155,16 @@ pub struct Config {
     pub log_json: bool,
     /// The link-local meter's destinations, when the meter is on.
     pub linklocal: Option<crate::linklocal::Targets>,
+    /// Analyse DNS traffic.
+    pub dns_analysis: bool,
     /// Local alert rules (the shipped alerts with overrides applied).
     pub alert_rules: Vec<crate::alerts::LocalRule>,
     /// Notification receivers.
     pub receivers: Vec<crate::alerts::notify::Receiver>,
     /// The `alerts` section as given, for printing the configuration back.
     pub alerts: Option<AlertsConfig>,
+    /// Remote-write endpoints.
+    pub remote_write: Vec<crate::remote_write::Endpoint>,
 }
 
 /// A configuration error: which field, which value, what is wrong. Exits 2.
@@ -204,11 +220,13 @@ impl Settings {
             compat: over.compat.or(self.compat),
             compat_stats: over.compat_stats.or(self.compat_stats),
             linklocal_meter: over.linklocal_meter.or(self.linklocal_meter),
+            dns_analysis: over.dns_analysis.or(self.dns_analysis),
             vpc_resolvers: over.vpc_resolvers.or(self.vpc_resolvers),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
-            // Only the file has an alerts section.
+            // Only the file has alerts and remote_write sections.
             alerts: self.alerts,
+            remote_write: self.remote_write,
         }
     }
 
@@ -288,8 +306,11 @@ impl Settings {
         let alert_rules = crate::alerts::rules_with(&alerts.rules)?;
         let receivers =
             alerts.receivers.iter().enumerate().map(|(i, r)| r.resolve(i)).collect::<Result<Vec<_>, _>>()?;
+        let remote_write = crate::remote_write::resolve_all(&self.remote_write, interval)?;
         Ok(Config {
+            remote_write,
             linklocal,
+            dns_analysis: self.dns_analysis.unwrap_or(false),
             alert_rules,
             receivers,
             alerts: self.alerts.clone(),
@@ -354,10 +375,12 @@ impl Config {
             ),
             compat_stats: re(&self.compat_stats),
             linklocal_meter: Some(self.linklocal.is_some()),
+            dns_analysis: Some(self.dns_analysis),
             vpc_resolvers: self.linklocal.as_ref().map(crate::linklocal::Targets::resolvers),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
             alerts: self.alerts.clone(),
+            remote_write: self.remote_write.iter().map(crate::remote_write::Endpoint::effective).collect(),
         };
         yaml_serde::to_string(&settings).unwrap_or_default()
     }

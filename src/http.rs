@@ -36,6 +36,8 @@ pub struct AppState {
     pub started_ms: i64,
     /// History kept per device.
     pub history: Duration,
+    /// The DNS analysis, when on.
+    pub dns: Option<Arc<std::sync::Mutex<crate::dns::DnsStats>>>,
 }
 
 /// Builds the HTTP application.
@@ -148,10 +150,16 @@ mod tests {
     fn state() -> Arc<AppState> {
         Arc::new(AppState {
             store: Arc::new(Store::new(10)),
-            metrics: Options { compat: Vec::new(), interval: Duration::from_secs(1), notify: None },
+            metrics: Options {
+                compat: Vec::new(),
+                interval: Duration::from_secs(1),
+                notify: None,
+                remote_write: None,
+            },
             source: "test".into(),
             started_ms: 0,
             history: Duration::from_secs(900),
+            dns: None,
         })
     }
 

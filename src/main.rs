@@ -8,7 +8,7 @@ use clap::Parser as _;
 use enawatch::cli::{Cli, Command, DocTopic, Failure, ReportFormat, RulesAction, ServeArgs};
 use enawatch::config::Settings;
 use enawatch::source::simulate::Scenario;
-use enawatch::{analysis, docs, metrics, record, rules, serve, top};
+use enawatch::{analysis, diagnose, docs, metrics, record, rules, serve, top};
 
 fn main() -> ExitCode {
     // clap itself exits 2 on an unknown flag or a missing value.
@@ -33,6 +33,11 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Diagnose(args) => match diagnose::run(&args) {
+            // Throttling found is an answer, not a failure: its own exit code, for scripts.
+            Ok(true) => return ExitCode::from(3),
+            other => other.map(|_| ()),
+        },
         Command::Rules { action: RulesAction::Render { format } } => {
             print_stdout(&rules::render(format));
             Ok(())

@@ -40,6 +40,7 @@ pub fn run(args: &RecordArgs) -> Result<(), Failure> {
         exclude: config.device_exclude.clone(),
         eni: config.eni.clone(),
         linklocal: config.linklocal.clone(),
+        dns: None,
     };
     let mut source = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
@@ -14,9 +14,11 @@ use crate::alerts::Evaluator;
 use crate::capture;
 use crate::cli::{Failure, SourceArgs};
 use crate::config::{Config, ConfigError, HumanDuration, Settings};
+use crate::dns::DnsStats;
 use crate::history::Store;
 use crate::http::{self, AppState};
 use crate::metrics::Options;
+use crate::remote_write::{self, Pusher};
 use crate::sampler::{wall_ms, Sampler};
 use crate::source::live::{LiveSource, Selection};
 use crate::source::replay::{Playback, ReplaySource};
@@ -29,6 +31,8 @@ pub struct Chosen {
     pub source: Box<dyn Source>,
     /// e.g. "live", "replay of capture.txt", "simulation dns-storm".
     pub what: String,
+    /// The DNS analysis the source feeds, when on.
+    pub dns: Option<Arc<Mutex<DnsStats>>>,
 }
 
 /// Builds the source the flags ask for: a replay, a simulation, or this host's interfaces.
@@ -44,6 +48,7 @@ pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failur
         return Ok(Chosen {
             source: Box::new(ReplaySource::new(capture, playback)),
             what: format!("replay of {}", path.display()),
+            dns: None,
         });
     }
     if let Some(name) = &args.simulate {
@@ -51,17 +56,20 @@ pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failur
         return Ok(Chosen {
             source: Box::new(SimulatedSource::new(scenario)),
             what: format!("simulation {name}"),
+            dns: None,
         });
     }
+    let dns = config.dns_analysis.then(|| Arc::new(Mutex::new(DnsStats::default())));
     let selection = Selection {
         include: config.device_include.clone(),
         exclude: config.device_exclude.clone(),
         eni: config.eni.clone(),
         linklocal: config.linklocal.clone(),
+        dns: dns.clone(),
     };
     let live = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;
-    Ok(Chosen { source: Box::new(live), what: "live".into() })
+    Ok(Chosen { source: Box::new(live), what: "live".into(), dns })
 }
 
 /// Reads and parses a capture file (`-`: standard input); errors name the file and line.
@@ -144,11 +152,29 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
         (Some(handle), Some(notifier))
     };
     let notify_stats = notify.as_ref().map(|h| (Arc::clone(&h.stats), Arc::clone(&h.overflow)));
+    let remote_write_stats =
+        (!config.remote_write.is_empty()).then(|| remote_write::stats(&config.remote_write));
     let running = Running::start(config, chosen.source, notify)?;
+    let metrics = Options {
+        compat: config.compat.clone(),
+        interval: config.interval,
+        notify: notify_stats,
+        remote_write: remote_write_stats.clone(),
+    };
+    // Remote write reads the published snapshots on a thread of its own; its senders run on
+    // the runtime below. A spool that cannot be opened is bad input.
+    let mut pusher = match &remote_write_stats {
+        Some(stats) => Some(
+            Pusher::start(&config.remote_write, stats, Arc::clone(&running.store), &metrics, config.interval)
+                .map_err(Failure::bad)?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState {
         store: Arc::clone(&running.store),
-        metrics: Options { compat: config.compat.clone(), interval: config.interval, notify: notify_stats },
+        metrics,
         source: chosen.what.clone(),
+        dns: chosen.dns.clone(),
         started_ms: wall_ms(),
         history: config.history,
     });
@@ -172,6 +198,9 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
             notifier.generator_url = format!("http://{local}/");
             tokio::spawn(notifier.run());
         }
+        if let Some(pusher) = &pusher {
+            pusher.spawn_senders();
+        }
         tokio::select! {
             r = http::serve(listener, http::app(state)) => r.context("HTTP server failed"),
             signal = termination() => {
@@ -181,6 +210,12 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
         }
     });
     running.stop();
+    if let Some(pusher) = &mut pusher {
+        // The sampler's last snapshot is collected, and what is queued gets a moment to leave
+        // (with a spool, what does not is sent by the next start).
+        pusher.stop_collecting();
+        runtime.block_on(pusher.flush(std::time::Duration::from_secs(3)));
+    }
     // Connections still open are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
     Ok(result?)

@@ -136,6 +136,7 @@ fn options() -> Options {
         compat: vec![Compat::Showmax, Compat::NodeExporter],
         interval: Duration::from_secs(1),
         notify: None,
+        remote_write: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The link-local meter in a lab of the test's own (root): a "node" namespace whose veth leads
+//! The link-local meter and the DNS analysis in a lab of the test's own (root): a "node" namespace whose veth leads
 //! to a "vpc" namespace running a real DNS server (Debian's dnsmasq) on 169.254.169.253 and on
 //! a VPC+2 address, an nftables rule on that link emulating the ENA limiter
 //! (`limit rate over 1024/second drop`, with a counter), and Debian's dnsperf sending a known
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use support::{Agent, Netns, TempDir};
 
 struct Lab {
+    /// /etc/netns/NODE, where `ip netns exec` finds the node's resolv.conf.
+    etc: Option<std::path::PathBuf>,
     node: Netns,
     vpc: Netns,
     _dns: Killed,
@@ -22,6 +24,14 @@ struct Lab {
 }
 
 struct Killed(Child);
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(etc) = &self.etc {
+            let _ = std::fs::remove_dir_all(etc);
+        }
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -89,13 +99,23 @@ impl Lab {
                 "--bind-interfaces",
             ])
             .args(["--listen-address=169.254.169.253", "--listen-address=10.0.0.2", "--address=/#/10.9.9.9"])
+            // Cluster names do not exist outside the cluster: NXDOMAIN, as the VPC resolver says.
+            .arg("--address=/cluster.local/")
             .args(["--cache-size=0", "--log-facility=/dev/null", "--pid-file="])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("dnsmasq (Debian package dnsmasq-base) must be installed; scripts/test installs it");
         std::thread::sleep(Duration::from_millis(500));
-        Self { node, vpc, _dns: Killed(dns), dir }
+        Self { etc: None, node, vpc, _dns: Killed(dns), dir }
+    }
+
+    /// Gives the node a resolv.conf (what its processes' stub resolvers read).
+    fn resolv_conf(&mut self, text: &str) {
+        let etc = std::path::PathBuf::from("/etc/netns").join(&self.node.name);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), text).unwrap();
+        self.etc = Some(etc);
     }
 
     /// Packets the limiter has dropped so far.
@@ -279,4 +299,79 @@ fn without_cap_net_raw_the_meter_is_off_and_the_rest_keeps_working() {
     assert!(log.contains("the link-local meter needs CAP_NET_RAW"), "{log}");
     assert_eq!(log.matches("CAP_NET_RAW").count(), 1, "said once: {log}");
     assert!(!metrics.contains("ena_linklocal_packets_total{"), "no meter series without the meter");
+}
+
+/// Resolves external names from the node with glibc's stub resolver (A and AAAA, as
+/// `getaddrinfo` does) under `options`, and returns the agent's DNS report for the node.
+fn amplification_with(options: &str) -> serde_json::Value {
+    let mut lab = Lab::new();
+    lab.resolv_conf(&format!(
+        "nameserver 169.254.169.253\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions {options}\n"
+    ));
+    let agent = Agent::start(&lab.node, &["--device-include", "^vnode0$", "--dns-analysis"]);
+    for name in ["example.com", "api.example.org", "www.example.net"] {
+        let out = lab.node.exec(&["getent", "ahosts", name]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("10.9.9.9"), "{name} resolves in the lab");
+    }
+    agent.wait_ticks(2);
+    let body = agent.get("/api/v1/dns").unwrap().text();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["enabled"], true, "{body}");
+    v["report"].clone()
+}
+
+#[test]
+fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
+    let report = amplification_with("ndots:5");
+    let client = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == "10.0.0.10")
+        .expect("the node's client");
+    let a = &client["amplification"];
+    // Three suffixes, A and AAAA each, NXDOMAIN, then the name: 8 queries where 2 would do.
+    assert_eq!(a["lookups"], 3, "{report}");
+    assert_eq!(a["factor"], 4.0, "{report}");
+    assert_eq!(a["would_save"], 18, "{report}");
+    assert_eq!(a["recommended_ndots"], 1, "{report}");
+    assert!(client["nxdomain_ratio"].as_f64().unwrap() > 0.7, "{report}");
+
+    let report = amplification_with("ndots:1");
+    let client = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == "10.0.0.10")
+        .expect("the node's client");
+    assert!(client["amplification"].is_null(), "absolute names first: no amplification: {report}");
+    assert_eq!(client["queries"], 6, "A and AAAA for each of three names: {report}");
+}
+
+#[test]
+fn diagnose_names_the_throttled_eni_and_the_amplifying_client() {
+    let mut lab = Lab::new();
+    lab.resolv_conf(
+        "nameserver 169.254.169.253\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+    );
+    let bin = support::BIN;
+    let node = lab.node.name.clone();
+    let diagnose = std::thread::spawn(move || {
+        Command::new("ip")
+            .args(["netns", "exec", &node, bin, "diagnose", "--device-include", "^vnode0$", "--duration", "8s"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for name in ["example.com", "api.example.org"] {
+        lab.node.exec(&["getent", "ahosts", name]);
+    }
+    lab.dnsperf("169.254.169.253", 1500, 5);
+    let out = diagnose.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "throttling found exits 3:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("vnode0: sends up to") && text.contains("over the 1024/s budget"), "{text}");
+    assert!(text.contains("10.0.0.10 sends 4x the DNS queries"), "{text}");
+    assert!(text.contains("ndots 5") && text.contains("Set ndots:1"), "{text}");
+    assert!(text.contains("search default.svc.cluster.local svc.cluster.local cluster.local; ndots 5"), "{text}");
 }

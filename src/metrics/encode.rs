@@ -170,7 +170,7 @@ fn push_u64(out: &mut String, mut v: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    out.extend(digits[start..].iter().copied().map(char::from));
 }
 
 fn write_float(out: &mut String, v: f64) {

@@ -43,6 +43,8 @@ pub struct Options {
     pub interval: Duration,
     /// Notification counters, when receivers are configured.
     pub notify: Option<NotifyStats>,
+    /// Remote-write counters, when endpoints are configured.
+    pub remote_write: Option<crate::remote_write::Stats>,
 }
 
 /// One native family: name, type, labels and help. The README's metric table is this.
@@ -62,7 +64,7 @@ const fn family(name: &'static str, kind: Kind, labels: &'static str, help: &'st
 }
 
 /// The native families, in exposition order.
-pub const NATIVE_FAMILIES: [Family; 18] = [
+pub const NATIVE_FAMILIES: [Family; 21] = [
     family(
         "ena_allowance_exceeded_packets_total",
         Kind::Counter,
@@ -161,6 +163,24 @@ pub const NATIVE_FAMILIES: [Family; 18] = [
         "receiver",
         "Notifications waiting for a receiver.",
     ),
+    family(
+        "enawatch_remote_write_samples_total",
+        Kind::Counter,
+        "endpoint, outcome",
+        "Samples pushed with remote write (outcome: sent when accepted, retried per failed attempt, dropped when the queue overflowed, failed when the receiver rejected them).",
+    ),
+    family(
+        "enawatch_remote_write_pending_samples",
+        Kind::Gauge,
+        "endpoint",
+        "Samples waiting for a remote-write endpoint to accept them.",
+    ),
+    family(
+        "enawatch_remote_write_last_success_timestamp_seconds",
+        Kind::Gauge,
+        "endpoint",
+        "Unix time a remote-write endpoint last accepted a batch (0: not yet).",
+    ),
 ];
 
 /// The version and revision this binary was built from.
@@ -169,7 +189,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("ENAWATCH_REVISION");
 
 /// Renders one snapshot.
-#[allow(clippy::too_many_lines)] // one family after another, in the contract's order
 pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String {
     // The body is about as long as the last one: allocated once at that size, it is never
     // grown (each growth copies it and, past glibc's mmap threshold, leaves a freed
@@ -179,8 +198,45 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
     let estimate = if last == 0 { 4096 + snapshot.devices.len() * 2048 } else { last + last / 16 };
     let mut out = String::with_capacity(estimate);
     let mut e = Encoder::new(&mut out, format);
+    visit(snapshot, options, &mut e);
+    e.finish();
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
+    out
+}
+
+/// Where [`visit`] puts families and samples: the exposition [`Encoder`], or the remote-write
+/// collector.
+pub trait Sink {
+    /// A family starts (`name` is the sample name, with `_total` for counters).
+    fn family(&mut self, name: &str, kind: Kind, help: &str);
+    /// One sample of the current family.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value);
+}
+
+impl Sink for Encoder<'_> {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        Encoder::family(self, name, kind, help);
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value) {
+        Encoder::sample(self, name, labels, value);
+    }
+}
+
+impl<T: Sink + ?Sized> Sink for &mut T {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        (**self).family(name, kind, help);
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value) {
+        (**self).sample(name, labels, value);
+    }
+}
+
+/// Every family of a snapshot, in the contract's order: what each family holds is defined
+/// here once, for `/metrics` and for remote write.
+#[allow(clippy::too_many_lines)] // one family after another, in the contract's order
+pub fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
     let mut families = NATIVE_FAMILIES.iter();
-    let mut next = |e: &mut Encoder| {
+    let mut next = |e: &mut S| {
         let f = families.next().expect("one entry per family");
         e.family(f.name, f.kind, f.help);
         f.name
@@ -323,6 +379,22 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
             e.sample(name, &[("receiver", &r.name)], Value::Int(r.queued.load(Ordering::Relaxed)));
         }
     }
+    let stats = options.remote_write.as_deref().map_or(&[][..], Vec::as_slice);
+    let name = next(&mut e);
+    for s in stats {
+        for (outcome, n) in s.outcomes() {
+            e.sample(name, &[("endpoint", &s.name), ("outcome", outcome)], Value::Int(n));
+        }
+    }
+    let name = next(&mut e);
+    for s in stats {
+        e.sample(name, &[("endpoint", &s.name)], Value::Int(s.pending.load(Ordering::Relaxed)));
+    }
+    let name = next(&mut e);
+    for s in stats {
+        let ms = s.last_success_ms.load(Ordering::Relaxed);
+        e.sample(name, &[("endpoint", &s.name)], Value::Float(ms as f64 / 1000.0));
+    }
 
     for c in &options.compat {
         match c {
@@ -330,12 +402,9 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
             Compat::NodeExporter => node_exporter(&mut e, snapshot),
         }
     }
-    e.finish();
-    LAST_LEN.store(out.len(), Ordering::Relaxed);
-    out
 }
 
-fn showmax(e: &mut Encoder, snapshot: &Snapshot) {
+fn showmax(e: &mut impl Sink, snapshot: &Snapshot) {
     const NAME: &str = "node_net_ethtool";
     e.family(NAME, Kind::Gauge, "Raw ethtool driver statistics (compatibility: showmax ethtool exporter).");
     for d in &snapshot.devices {
@@ -349,7 +418,7 @@ fn showmax(e: &mut Encoder, snapshot: &Snapshot) {
     }
 }
 
-fn node_exporter(e: &mut Encoder, snapshot: &Snapshot) {
+fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
     // One family per metric name, across devices; a device whose stats sanitise to the same
     // name twice exports the first (node_exporter would fail the whole scrape instead).
     let mut families: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();

@@ -7,16 +7,17 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
 use tracing::{info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
+use crate::dns::{self, DnsStats};
 use crate::linklocal::Targets;
 use crate::stats::ENA_DRIVER;
-use crate::sys::packet::{Instruction, PacketSocket};
+use crate::sys::packet::{Instruction, PacketSocket, Ring};
 use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
 
 /// Which interfaces to watch.
@@ -30,6 +31,8 @@ pub struct Selection {
     pub eni: HashMap<String, String>,
     /// Meter link-local traffic (needs `CAP_NET_RAW`).
     pub linklocal: Option<Targets>,
+    /// Analyse DNS traffic on every interface into this (needs `CAP_NET_RAW`).
+    pub dns: Option<Arc<Mutex<DnsStats>>>,
 }
 
 impl Selection {
@@ -71,6 +74,8 @@ pub struct LiveSource {
     first_discovery: bool,
     /// The meter's BPF program, while the meter is on.
     meter_program: Option<Vec<Instruction>>,
+    /// The DNS capture (every interface) and where its analysis goes.
+    dns: Option<(PacketSocket, Arc<Mutex<DnsStats>>)>,
 }
 
 struct Watched {
@@ -99,6 +104,13 @@ impl LiveSource {
             fast_interval: (interval < Duration::from_secs(1)).then_some(interval),
             first_discovery: true,
             meter_program: selection.linklocal.as_ref().map(Targets::program),
+            dns: selection.dns.as_ref().and_then(|stats| match PacketSocket::open(0, &dns::program(), Ring::DNS) {
+                Ok(socket) => Some((socket, Arc::clone(stats))),
+                Err(err) => {
+                    warn!(error = %err, "the DNS analysis needs CAP_NET_RAW; it is off, everything else keeps working");
+                    None
+                }
+            }),
             selection,
         })
     }
@@ -187,7 +199,7 @@ impl LiveSource {
     /// line) when the process may not open packet sockets.
     fn open_meter(&mut self, name: &str, index: u32) -> Option<PacketSocket> {
         let program = self.meter_program.as_ref()?;
-        match PacketSocket::open(index, program) {
+        match PacketSocket::open(index, program, Ring::METER) {
             Ok(socket) => Some(socket),
             Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
                 warn!(
@@ -303,6 +315,15 @@ impl LiveSource {
 impl Source for LiveSource {
     fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let mut sample = Sample { at_ms: now_ms, ..Sample::default() };
+        if let Some((socket, stats)) = &mut self.dns {
+            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            socket.drain(|packet| {
+                if let Some(seen) = dns::parse_packet(packet) {
+                    stats.observe(&seen, now_ms);
+                }
+            });
+            stats.dropped += u64::from(socket.dropped().unwrap_or(0));
+        }
         if Instant::now() >= self.next_discovery {
             self.discover();
             self.next_discovery = Instant::now() + self.rediscover_every;

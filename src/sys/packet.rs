@@ -6,8 +6,8 @@
 //! (`PACKET_RX_RING`, `TPACKET_V2`), so user space sees the few packets that matter, never the
 //! rest, and reads them without a system call per packet. A ring rather than the socket's
 //! queue: the queue is bounded by `net.core.rmem_max` counted in kernel buffer sizes, which
-//! holds only about 256 packets (a quarter of a second at the link-local budget), while the
-//! ring holds [`FRAMES`] whatever the system's settings. Opening one needs `CAP_NET_RAW`.
+//! holds only about 256 packets (a quarter of a second at the link-local budget), while a
+//! ring holds what its [`Ring`] shape says whatever the system's settings. Opening one needs `CAP_NET_RAW`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -47,17 +47,34 @@ struct TpacketReq {
     frame_nr: u32,
 }
 
-/// Bytes per frame: the header, the address the kernel adds, and the truncated packet.
-const FRAME_SIZE: usize = 256;
 const BLOCK_SIZE: usize = 64 * 1024;
-const BLOCKS: usize = 16;
-/// Frames in the ring: 4 seconds at the link-local budget of 1024 packets a second.
-pub const FRAMES: usize = BLOCK_SIZE / FRAME_SIZE * BLOCKS;
+
+/// The shape of a receive ring.
+#[derive(Clone, Copy, Debug)]
+pub struct Ring {
+    /// Bytes per frame: the header, the address the kernel adds, and the truncated packet
+    /// (a multiple of 16 that divides 64 KiB).
+    pub frame_size: usize,
+    /// Frames in the ring (a multiple of 64 KiB / `frame_size`).
+    pub frames: usize,
+}
+
+impl Ring {
+    /// The link-local meter's: 4,096 frames of 256 bytes, 4 seconds at 1024 packets a second.
+    pub const METER: Ring = Ring { frame_size: 256, frames: 4096 };
+    /// The DNS capture's: 2,048 frames of 2 KiB.
+    pub const DNS: Ring = Ring { frame_size: 2048, frames: 2048 };
+
+    fn bytes(self) -> usize {
+        self.frame_size * self.frames
+    }
+}
 
 /// A packet socket on one interface, receiving only what its filter accepts into a ring.
 pub struct PacketSocket {
     fd: OwnedFd,
     ring: NonNull<u8>,
+    shape: Ring,
     next: usize,
 }
 
@@ -67,7 +84,7 @@ unsafe impl Send for PacketSocket {}
 impl Drop for PacketSocket {
     fn drop(&mut self) {
         // SAFETY: `ring` is the mapping of exactly this size made in `open`.
-        unsafe { libc::munmap(self.ring.as_ptr().cast(), BLOCK_SIZE * BLOCKS) };
+        unsafe { libc::munmap(self.ring.as_ptr().cast(), self.shape.bytes()) };
     }
 }
 
@@ -82,7 +99,8 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 impl PacketSocket {
     /// Opens a packet socket on interface `ifindex` with `program` attached and a receive
     /// ring mapped. Packets are delivered from their network header on (`SOCK_DGRAM`).
-    pub fn open(ifindex: u32, program: &[Instruction]) -> io::Result<Self> {
+    /// `ifindex` 0 means every interface of the namespace.
+    pub fn open(ifindex: u32, program: &[Instruction], shape: Ring) -> io::Result<Self> {
         let all = u16::try_from(libc::ETH_P_ALL).expect("an ethertype").to_be();
         // SAFETY: plain socket(2); the result is checked.
         let fd = check(unsafe {
@@ -110,16 +128,16 @@ impl PacketSocket {
         set(PACKET_VERSION, (&raw const version).cast(), size_of::<libc::c_int>())?;
         let req = TpacketReq {
             block_size: u32::try_from(BLOCK_SIZE).expect("small"),
-            block_nr: u32::try_from(BLOCKS).expect("small"),
-            frame_size: u32::try_from(FRAME_SIZE).expect("small"),
-            frame_nr: u32::try_from(FRAMES).expect("small"),
+            block_nr: u32::try_from(shape.bytes() / BLOCK_SIZE).expect("small"),
+            frame_size: u32::try_from(shape.frame_size).expect("small"),
+            frame_nr: u32::try_from(shape.frames).expect("small"),
         };
         set(PACKET_RX_RING, (&raw const req).cast(), size_of::<TpacketReq>())?;
         // SAFETY: maps the ring the kernel just allocated for this socket; checked below.
         let ring = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                BLOCK_SIZE * BLOCKS,
+                shape.bytes(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -129,7 +147,7 @@ impl PacketSocket {
         if ring == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let socket = Self { fd, ring: NonNull::new(ring.cast()).expect("mmap succeeded"), next: 0 };
+        let socket = Self { fd, ring: NonNull::new(ring.cast()).expect("mmap succeeded"), shape, next: 0 };
         // The filter goes on before the bind, so no unfiltered packet is ever queued.
         let prog = libc::sock_fprog {
             len: u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
@@ -168,10 +186,11 @@ impl PacketSocket {
     pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         // At most one lap: frames the kernel fills meanwhile wait for the next call.
-        while n < FRAMES {
-            // SAFETY: `next < FRAMES`, so the frame lies inside the mapping; frames are aligned
-            // to FRAME_SIZE (a multiple of 16), enough for the header's u32 fields.
-            let frame = unsafe { self.ring.as_ptr().add(self.next * FRAME_SIZE) };
+        let Ring { frame_size, frames } = self.shape;
+        while n < frames {
+            // SAFETY: `next < frames`, so the frame lies inside the mapping; frames are aligned
+            // to `frame_size` (a multiple of 16), enough for the header's u32 fields.
+            let frame = unsafe { self.ring.as_ptr().add(self.next * frame_size) };
             // The status word is shared with the kernel: read it atomically, with acquire
             // ordering, so the packet bytes it publishes are visible.
             // SAFETY: `frame` points to a live, aligned u32 inside the mapping.
@@ -184,13 +203,13 @@ impl PacketSocket {
             // status is set back to TP_STATUS_KERNEL.
             let packet = unsafe {
                 let hdr = &*frame.cast::<Tpacket2Hdr>();
-                let start = usize::from(hdr.net).min(FRAME_SIZE);
-                let len = usize::try_from(hdr.snaplen).unwrap_or(0).min(FRAME_SIZE - start);
+                let start = usize::from(hdr.net).min(frame_size);
+                let len = usize::try_from(hdr.snaplen).unwrap_or(0).min(frame_size - start);
                 std::slice::from_raw_parts(frame.add(start), len)
             };
             each(packet);
             status.store(TP_STATUS_KERNEL, Ordering::Release);
-            self.next = (self.next + 1) % FRAMES;
+            self.next = (self.next + 1) % frames;
             n += 1;
         }
         n

@@ -1,0 +1,348 @@
+//! One endpoint's sender: takes batches from its queue, one at a time, and delivers each
+//! until the receiver accepts or rejects it.
+//!
+//! Network errors, 5xx and 429 are retried with exponential backoff and full jitter (so
+//! agents that lost the same receiver do not come back in lockstep), waiting `Retry-After`
+//! instead when the receiver gives it. Any other 4xx means the receiver will never take the
+//! batch (bad labels, samples out of bounds): it is dropped, counted as `failed`, and logged
+//! with the receiver's reason. The same pattern as the alert notifiers (src/alerts/notify.rs).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::credentials::Provider;
+use super::queue::Batch;
+use super::{proto, sigv4, Auth, Shared};
+use crate::metrics::VERSION;
+
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A receiver's rejections of the same kind are logged at most this often.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What one attempt came to.
+enum Outcome {
+    Delivered,
+    /// Worth another attempt: why, and how long the receiver asked to wait.
+    Retry(String, Option<Duration>),
+    /// The receiver refused the batch for good: HTTP status and its reason.
+    Rejected(u16, String),
+}
+
+struct Sender {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    credentials: Option<Provider>,
+    seed: u64,
+    /// Failing since, for the log line when it recovers.
+    failing: Option<Instant>,
+    /// The last rejection logged (status, when) and how many were not logged since.
+    last_rejection: Option<(u16, Instant)>,
+    unlogged_rejections: u64,
+}
+
+/// Runs the sender of one endpoint until the runtime stops.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let e = &shared.endpoint;
+    let mut builder = reqwest::Client::builder()
+        .timeout(e.timeout)
+        .connect_timeout(e.timeout.min(Duration::from_secs(10)))
+        .user_agent(format!("enawatch/{VERSION}"))
+        // A redirect would drop the body or break the signature: the URL must be the real one.
+        .redirect(reqwest::redirect::Policy::none());
+    if !e.ca.is_empty() {
+        builder = builder.tls_certs_merge(e.ca.iter().cloned());
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(err) => {
+            warn!(endpoint = %e.name, error = %err, "cannot build the HTTP client; remote write to this endpoint is off");
+            return;
+        }
+    };
+    let credentials = match &e.auth {
+        Auth::Sigv4 { region, role_arn, source, sts } => {
+            match Provider::new(source.clone(), role_arn.clone(), sts.clone(), region.clone()) {
+                Ok(p) => Some(p),
+                Err(err) => {
+                    warn!(endpoint = %e.name, error = %err, "cannot build the credentials client; remote write to this endpoint is off");
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let seed = (u64::from(std::process::id()) << 16 ^ shared.index as u64 ^ 0x9e37_79b9_7f4a_7c15)
+        .wrapping_mul(u64::try_from(crate::sampler::wall_ms()).unwrap_or(1) | 1);
+    let mut sender = Sender {
+        shared,
+        client,
+        credentials,
+        seed,
+        failing: None,
+        last_rejection: None,
+        unlogged_rejections: 0,
+    };
+    loop {
+        let batch = sender.next_batch().await;
+        sender.deliver(&batch).await;
+        let shared = &sender.shared;
+        let mut queue = shared.lock();
+        queue.finish();
+        let keep_from = queue.keep_from();
+        shared.update_pending(&queue);
+        drop(queue);
+        if let Some(spool) = &shared.spool {
+            if let Err(err) = spool.lock().unwrap_or_else(PoisonError::into_inner).ack(batch.end, keep_from) {
+                warn!(endpoint = %shared.endpoint.name, error = %err, "cannot update the spool's cursor; a restart may send some samples again");
+            }
+        }
+    }
+}
+
+impl Sender {
+    /// Waits until a batch is due: a full one, one whose oldest sample has waited the
+    /// batch deadline, or anything at shutdown.
+    async fn next_batch(&self) -> Batch {
+        let shared = &self.shared;
+        let e = &shared.endpoint;
+        loop {
+            let wait = {
+                let mut queue = shared.lock();
+                let due = queue.samples() >= e.max_samples_per_send
+                    || (queue.samples() > 0 && shared.flushing.load(Ordering::Relaxed))
+                    || queue.oldest().is_some_and(|t| t.elapsed() >= e.batch_send_deadline);
+                if due {
+                    if let Some(batch) = queue.take(e.max_samples_per_send) {
+                        shared.update_pending(&queue);
+                        return batch;
+                    }
+                }
+                queue.oldest().map(|t| e.batch_send_deadline.saturating_sub(t.elapsed()))
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        () = shared.ready.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => shared.ready.notified().await,
+            }
+        }
+    }
+
+    /// Sends until the batch is accepted or rejected, backing off between attempts.
+    async fn deliver(&mut self, batch: &Batch) {
+        let body = proto::compress(&batch.encode());
+        let n = batch.samples as u64;
+        let mut backoff = self.shared.endpoint.min_backoff;
+        loop {
+            match self.attempt(&body).await {
+                Outcome::Delivered => {
+                    let stats = self.shared.stats();
+                    stats.sent.fetch_add(n, Ordering::Relaxed);
+                    stats.last_success_ms.store(crate::sampler::wall_ms(), Ordering::Relaxed);
+                    if let Some(since) = self.failing.take() {
+                        info!(endpoint = %self.shared.endpoint.name, failing_seconds = since.elapsed().as_secs(),
+                            "remote-write endpoint reachable again; sending what was queued");
+                    }
+                    return;
+                }
+                Outcome::Rejected(status, reason) => {
+                    self.shared.stats().failed.fetch_add(n, Ordering::Relaxed);
+                    self.log_rejection(status, &reason, n);
+                    return;
+                }
+                Outcome::Retry(reason, after) => {
+                    self.shared.stats().retried.fetch_add(n, Ordering::Relaxed);
+                    if self.failing.is_none() {
+                        warn!(endpoint = %self.shared.endpoint.name, reason = %reason,
+                            "cannot push samples; retrying with backoff (nothing is lost while the queue has room)");
+                        self.failing = Some(Instant::now());
+                    }
+                    let wait = after.map_or_else(|| self.jittered(backoff), |a| a.min(MAX_RETRY_AFTER));
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.shared.endpoint.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// Half the backoff plus a random share of the other half.
+    fn jittered(&mut self, backoff: Duration) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(ms / 2 + self.seed % (ms / 2 + 1))
+    }
+
+    /// One line per kind of rejection and minute: a receiver that rejects everything does
+    /// not flood the log, and each new reason is logged at once.
+    fn log_rejection(&mut self, status: u16, reason: &str, samples: u64) {
+        let quiet = self
+            .last_rejection
+            .is_some_and(|(last, at)| last == status && at.elapsed() < REJECTION_LOG_EVERY);
+        if quiet {
+            self.unlogged_rejections += 1;
+            return;
+        }
+        warn!(
+            endpoint = %self.shared.endpoint.name,
+            status,
+            reason,
+            samples,
+            rejected_since_last_log = self.unlogged_rejections,
+            "the receiver rejected a batch; dropped it (not retried: it would be rejected again)"
+        );
+        self.last_rejection = Some((status, Instant::now()));
+        self.unlogged_rejections = 0;
+    }
+
+    async fn attempt(&self, body: &[u8]) -> Outcome {
+        let e = &self.shared.endpoint;
+        let mut request = self
+            .client
+            .post(e.url.clone())
+            .header(reqwest::header::CONTENT_ENCODING, "snappy")
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+        for (k, v) in &e.headers {
+            request = request.header(k, v);
+        }
+        match &e.auth {
+            Auth::None => {}
+            Auth::Basic { username, password_file } => match read_secret(password_file) {
+                Ok(password) => request = request.basic_auth(username, Some(password)),
+                Err(err) => return Outcome::Retry(format!("auth.basic.password_file: {err}"), None),
+            },
+            Auth::Bearer { token_file } => match read_secret(token_file) {
+                Ok(token) => request = request.bearer_auth(token),
+                Err(err) => return Outcome::Retry(format!("auth.bearer.token_file: {err}"), None),
+            },
+            Auth::Sigv4 { region, .. } => {
+                let provider = self.credentials.as_ref().expect("built for SigV4 endpoints");
+                let credentials = match provider.get().await {
+                    Ok(c) => c,
+                    Err(err) => return Outcome::Retry(format!("cannot get AWS credentials: {err}"), None),
+                };
+                let mut signed: Vec<(&str, &str)> = vec![
+                    ("content-encoding", "snappy"),
+                    ("content-type", "application/x-protobuf"),
+                    ("x-prometheus-remote-write-version", "0.1.0"),
+                ];
+                signed.extend(e.headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))));
+                let scope = sigv4::Scope { region, service: "aps", now_ms: crate::sampler::wall_ms() };
+                for (name, value) in sigv4::sign("POST", &e.url, &signed, body, &credentials, &scope) {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        let response = match request.body(body.to_vec()).send().await {
+            Ok(r) => r,
+            // reqwest's errors carry the URL, which may carry a secret.
+            Err(err) => return Outcome::Retry(describe(&err.without_url()), None),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Outcome::Delivered;
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, crate::sampler::wall_ms()));
+        let reason = format!("HTTP {status}: {}", excerpt(response).await);
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Outcome::Retry(reason, retry_after);
+        }
+        if matches!(status.as_u16(), 401 | 403) {
+            // Perhaps credentials the receiver no longer takes: the next batch fetches anew.
+            if let Some(provider) = &self.credentials {
+                provider.invalidate().await;
+            }
+        }
+        Outcome::Rejected(status.as_u16(), reason)
+    }
+}
+
+/// A network error with its causes (reqwest's own message is only "error sending request").
+fn describe(err: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The start of a response body, on one line (the receiver's reason for refusing).
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < 512 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(512);
+    let text = String::from_utf8_lossy(&body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        "(no reason given)".into()
+    } else {
+        text
+    }
+}
+
+/// A secret from a file, without its trailing newline.
+fn read_secret(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = text.trim_end_matches(['\r', '\n']).to_owned();
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(text)
+}
+
+/// `Retry-After`: seconds, or an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts[..] else { return None };
+    let month = i64::try_from(MONTHS.iter().position(|m| *m == month)? + 1).ok()?;
+    let hms: Vec<i64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [h, m, s] = hms[..] else { return None };
+    let days = sigv4::days_from_civil(year.parse().ok()?, month, day.parse().ok()?);
+    let at_ms = (((days * 24 + h) * 60 + m) * 60 + s) * 1000;
+    Some(Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        assert_eq!(parse_retry_after("7", 0), Some(Duration::from_secs(7)));
+        let date = 784_111_777_000; // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", date - 3000),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", date + 3000), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+}
