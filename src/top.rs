@@ -30,8 +30,12 @@ struct Row {
 }
 
 impl Row {
-    /// Dropping packets in the latest interval.
+    /// Dropping packets in the latest interval (or, for the link-local meter's row, over
+    /// 80% of the budget).
     fn hot(&self) -> bool {
+        if self.allowance == "ll-budget" {
+            return self.recent.pps > 0.8 * crate::linklocal::BUDGET_PPS;
+        }
         self.recent.pps > 0.0
     }
 

@@ -358,7 +358,17 @@ fn diagnose_names_the_throttled_eni_and_the_amplifying_client() {
     let node = lab.node.name.clone();
     let diagnose = std::thread::spawn(move || {
         Command::new("ip")
-            .args(["netns", "exec", &node, bin, "diagnose", "--device-include", "^vnode0$", "--duration", "8s"])
+            .args([
+                "netns",
+                "exec",
+                &node,
+                bin,
+                "diagnose",
+                "--device-include",
+                "^vnode0$",
+                "--duration",
+                "8s",
+            ])
             .output()
             .unwrap()
     });
@@ -369,9 +379,17 @@ fn diagnose_names_the_throttled_eni_and_the_amplifying_client() {
     lab.dnsperf("169.254.169.253", 1500, 5);
     let out = diagnose.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "throttling found exits 3:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "throttling found exits 3:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("vnode0: sends up to") && text.contains("over the 1024/s budget"), "{text}");
     assert!(text.contains("10.0.0.10 sends 4x the DNS queries"), "{text}");
     assert!(text.contains("ndots 5") && text.contains("Set ndots:1"), "{text}");
-    assert!(text.contains("search default.svc.cluster.local svc.cluster.local cluster.local; ndots 5"), "{text}");
+    assert!(
+        text.contains("search default.svc.cluster.local svc.cluster.local cluster.local; ndots 5"),
+        "{text}"
+    );
 }

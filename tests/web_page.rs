@@ -91,10 +91,13 @@ fn the_page_shows_live_charts_and_the_alert_banner() {
     assert!(dom.contains("id=\"dev-ens5\"") && dom.contains("id=\"dev-ens6\""), "a card per device");
     let drawn: Vec<usize> =
         dom.split("data-points=\"").skip(1).filter_map(|s| s.split('"').next()?.parse().ok()).collect();
-    assert_eq!(drawn.len(), 6, "three charts per device: {drawn:?}");
+    assert_eq!(drawn.len(), 8, "four charts per device (the link-local budget too): {drawn:?}");
     assert!(drawn.iter().all(|&n| n > 0), "every chart has live data: {drawn:?}");
     assert!(dom.contains("link-local (DNS, IMDS, Time Sync)"), "plain-language names");
     assert!(dom.contains("Recent bursts: linklocal"), "{dom}");
+    let linklocal =
+        dom.split("data-kind=\"linklocal\"").nth(1).and_then(|rest| rest.split('>').next()).unwrap_or("");
+    assert!(linklocal.contains("data-points="), "the link-local budget chart is drawn: {linklocal}");
 
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -50,6 +50,10 @@ struct ScenarioFile {
     devices: u8,
     #[serde(default)]
     conntrack_available: Option<u64>,
+    /// Packets per second sent to link-local services outside drops (the link-local meter's
+    /// view); while link-local drops happen, the budget plus the drop rate.
+    #[serde(default)]
+    linklocal_pps: Option<u32>,
     #[serde(default)]
     events: Vec<EventSpec>,
 }
@@ -127,6 +131,7 @@ pub struct Scenario {
     pub description: String,
     devices: Vec<String>,
     available: Option<u64>,
+    linklocal_pps: Option<u32>,
     drops: Vec<(Option<usize>, Allowance, u64, Window)>,
     ramps: Vec<(Option<usize>, u64, Window)>,
     resets: Vec<(Option<usize>, Window)>,
@@ -211,6 +216,7 @@ impl Scenario {
             description: file.description.trim().to_owned(),
             devices: devices.clone(),
             available: file.conntrack_available,
+            linklocal_pps: file.linklocal_pps,
             drops: Vec::new(),
             ramps: Vec::new(),
             resets: Vec::new(),
@@ -249,6 +255,26 @@ impl Scenario {
     /// Simulated devices.
     pub fn devices(&self) -> &[String] {
         &self.devices
+    }
+
+    /// Packets per second device `d` sends to link-local services at `t` (DNS, IMDS, NTP).
+    fn linklocal_rate(&self, d: usize, t: i64) -> Option<[u32; 3]> {
+        let base = self.linklocal_pps?;
+        let applies = |target: &Option<usize>| target.is_none_or(|x| x == d);
+        let dropping: u64 = self
+            .drops
+            .iter()
+            .filter(|(dev, a, _, w)| {
+                applies(dev)
+                    && *a == Allowance::Linklocal
+                    && w.last_start(t).is_some_and(|s| t < s + w.duration)
+            })
+            .map(|(_, _, rate, _)| *rate)
+            .sum();
+        // Secondary ENIs carry a quarter of the primary's DNS traffic.
+        let dns = if d == 0 { base } else { base / 4 };
+        let dns = if dropping > 0 { 1024 + u32::try_from(dropping).unwrap_or(u32::MAX) - 3 } else { dns };
+        Some([dns, 2, 1])
     }
 
     /// Every stat value of device `d` at `t` ms after the start, in [`ENA_STATS`] order.
@@ -313,6 +339,7 @@ pub struct SimulatedSource {
     devices: Vec<(Arc<Device>, Arc<Schema>)>,
     baseline: Vec<u64>,
     start_ms: Option<i64>,
+    last_t: Option<i64>,
 }
 
 impl SimulatedSource {
@@ -341,11 +368,16 @@ impl SimulatedSource {
                 (Arc::new(device), Arc::clone(&schema))
             })
             .collect();
-        Self { scenario, devices, baseline, start_ms: None }
+        Self { scenario, devices, baseline, start_ms: None, last_t: None }
     }
 
-    /// The values of every device `t` ms into the simulation, as a sample at `at_ms`.
+    /// The values of every device `t` ms into the simulation, as a sample at `at_ms`
+    /// (link-local packets are counted since `previous_t`).
     pub fn sample_at(&self, at_ms: i64, t: i64) -> Sample {
+        self.sample_since(at_ms, t, None)
+    }
+
+    fn sample_since(&self, at_ms: i64, t: i64, previous_t: Option<i64>) -> Sample {
         let readings = self
             .devices
             .iter()
@@ -355,11 +387,16 @@ impl SimulatedSource {
                 let scale = 1 + u64::try_from(i).unwrap_or(0) * 3;
                 let baseline: Vec<u64> = self.baseline.iter().map(|v| v / scale).collect();
                 let values = self.scenario.values(i, t, &schema.names, &baseline);
+                let linklocal = previous_t.and_then(|prev| {
+                    let ms = u64::try_from(t - prev).ok()?;
+                    let rates = self.scenario.linklocal_rate(i, t)?;
+                    Some(rates.map(|r| u32::try_from(u64::from(r) * ms / 1000).unwrap_or(u32::MAX)))
+                });
                 Reading {
                     device: Arc::clone(device),
                     schema: Arc::clone(schema),
                     values: values.into(),
-                    linklocal: None,
+                    linklocal,
                 }
             })
             .collect();
@@ -370,7 +407,10 @@ impl SimulatedSource {
 impl Source for SimulatedSource {
     fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let start = *self.start_ms.get_or_insert(now_ms);
-        Some(self.sample_at(now_ms, now_ms - start))
+        let t = now_ms - start;
+        let sample = self.sample_since(now_ms, t, self.last_t);
+        self.last_t = Some(t);
+        Some(sample)
     }
 }
 

@@ -44,7 +44,7 @@ function chart(canvas, times, series, opts = {}) {
   const left = 44, right = 8, top = 8, bottom = 20;
   const pw = w - left - right, ph = h - top - bottom;
   const t0 = times.length ? times[0] : 0, t1 = times.length ? times[times.length - 1] : 1;
-  let max = opts.min || 1;
+  let max = Math.max(opts.min || 1, opts.limit || 0);
   for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
   max *= 1.1;
   const x = (t) => left + (t1 > t0 ? (t - t0) / (t1 - t0) : 1) * pw;
@@ -56,6 +56,12 @@ function chart(canvas, times, series, opts = {}) {
     g.fillText(fmt(v), 2, yy + 4);
   }
   if (times.length) { g.fillText(time(t0), left, h - 4); g.fillText(time(t1), left + pw - 48, h - 4); }
+  if (opts.limit) {
+    // The budget line: where EC2 starts dropping.
+    g.save(); g.setLineDash([5, 4]); g.strokeStyle = "#c62828"; g.lineWidth = 1.2;
+    g.beginPath(); g.moveTo(left, y(opts.limit)); g.lineTo(left + pw, y(opts.limit)); g.stroke(); g.restore();
+    g.fillStyle = "#c62828"; g.fillText(opts.limit + "/s budget", left + 4, y(opts.limit) - 4);
+  }
   // Legend, top right, for named series.
   let lx = left + pw;
   for (const s of [...series].reverse()) {
@@ -96,7 +102,9 @@ function deviceCard(d) {
     thr.append(el("canvas", { "data-kind": "throttled" }), el("figcaption", {}, "Seconds throttled per sampling interval"));
     const ct = el("figure");
     ct.append(el("canvas", { "data-kind": "conntrack" }), el("figcaption", {}, "Connections that can still be tracked (conntrack available)"));
-    charts.append(pps, thr, ct);
+    const ll = el("figure", { class: "wide", hidden: "" });
+    ll.append(el("canvas", { "data-kind": "linklocal" }), el("figcaption", {}, "Packets per second to link-local services (DNS resolver, IMDS, Time Sync) against the 1024/s budget"));
+    charts.append(pps, thr, ct, ll);
     card.append(charts, el("p", { class: "bursts" }));
     $("#devices").append(card);
   }
@@ -159,13 +167,44 @@ async function refresh() {
     chart($("canvas[data-kind=throttled]", card), hist.t,
       supported.map((a) => ({ color: COLORS[a], values: hist.throttled[a] })), { bars: true });
     chart($("canvas[data-kind=conntrack]", card), hist.t, [{ color: COLORS.conntrack, values: hist.conntrack_available }]);
+    if (hist.linklocal_pps.some((v) => v !== null)) {
+      const canvas = $("canvas[data-kind=linklocal]", card);
+      canvas.parentElement.hidden = false;
+      chart(canvas, hist.t, [{ name: "link-local", color: COLORS.linklocal, values: hist.linklocal_pps }], { limit: 1024 });
+    }
     const bursts = await get("api/v1/bursts?device=" + encodeURIComponent(d.device));
     const last = bursts.bursts.slice(-5).reverse()
       .map((b) => `${b.allowance} ${b.start.slice(11, 19)}–${b.end.slice(11, 19)} (${b.duration_seconds} s, ${b.packets} packets, peak ${b.peak_pps}/s)`);
     $(".bursts", card).textContent = last.length ? "Recent bursts: " + last.join("; ") : "No burst in the history.";
   }
+  await dnsClients();
   $("#footer").textContent = `enawatch ${status.version} (${status.revision}) · ${status.samples} samples`;
   document.body.dataset.updated = String(Date.now());
+}
+
+// The busiest DNS clients on this node, when the agent runs the DNS analysis.
+async function dnsClients() {
+  const dns = await get("api/v1/dns");
+  let section = $("#dns");
+  if (!dns.enabled) { if (section) section.remove(); return; }
+  if (!section) {
+    section = el("section", { class: "device", id: "dns" });
+    $("#devices").after(section);
+  }
+  const table = el("table");
+  const head = el("tr");
+  for (const c of ["DNS client", "queries/s", "NXDOMAIN", "search-path", "top names"]) head.append(el("th", {}, c));
+  table.append(head);
+  for (const c of dns.report.clients.slice(0, 10)) {
+    const a = c.amplification;
+    const row = el("tr", { class: a && a.factor >= 2 ? "warm" : "" });
+    row.append(el("td", {}, c.client), el("td", {}, fmt(c.qps_1m)), el("td", {}, Math.round(c.nxdomain_ratio * 100) + " %"),
+      el("td", {}, a ? `x${a.factor} (ndots:${a.recommended_ndots} saves ${a.would_save})` : "—"),
+      el("td", {}, c.top_names.slice(0, 3).map((n) => n[0]).join(", ")));
+    table.append(row);
+  }
+  section.replaceChildren(el("h2", {}, "DNS clients"), el("div", { class: "table-wrap" }));
+  $(".table-wrap", section).append(table);
 }
 
 async function loop() {
