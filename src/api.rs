@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/bursts", get(bursts))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/dns", get(dns))
+        .route("/api/v1/pods", get(pods))
 }
 
 /// The page may load only what the agent itself serves: no CDN, no other origin.
@@ -371,4 +372,17 @@ async fn dns(State(state): State<Arc<AppState>>) -> Response {
     let report =
         analysis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report(crate::sampler::wall_ms());
     Json(json!({ "enabled": true, "report": report })).into_response()
+}
+
+async fn pods(State(state): State<Arc<AppState>>) -> Response {
+    let Some(pods) = &state.pods else {
+        return Json(json!({ "enabled": false, "hint": "start the agent with --pod-attribution" }))
+            .into_response();
+    };
+    let list = pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).list();
+    let pods: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|(ip, p)| json!({ "ip": ip, "namespace": p.namespace, "pod": p.pod, "workload": p.workload }))
+        .collect();
+    Json(json!({ "enabled": true, "pods": pods })).into_response()
 }

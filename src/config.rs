@@ -75,6 +75,11 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub dns_analysis: Option<bool>,
 
+    /// Name DNS clients by pod (namespace, name, workload) from the Kubernetes API: lists and
+    /// watches this node's pods (`NODE_NAME`), read-only. Default: off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub pod_attribution: Option<bool>,
+
     /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
     /// comma-separated. Default: the nameservers ending in .2 in /etc/resolv.conf.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -157,6 +162,8 @@ pub struct Config {
     pub linklocal: Option<crate::linklocal::Targets>,
     /// Analyse DNS traffic.
     pub dns_analysis: bool,
+    /// Attribute DNS clients to pods.
+    pub pod_attribution: bool,
     /// Local alert rules (the shipped alerts with overrides applied).
     pub alert_rules: Vec<crate::alerts::LocalRule>,
     /// Notification receivers.
@@ -221,6 +228,7 @@ impl Settings {
             compat_stats: over.compat_stats.or(self.compat_stats),
             linklocal_meter: over.linklocal_meter.or(self.linklocal_meter),
             dns_analysis: over.dns_analysis.or(self.dns_analysis),
+            pod_attribution: over.pod_attribution.or(self.pod_attribution),
             vpc_resolvers: over.vpc_resolvers.or(self.vpc_resolvers),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
@@ -311,6 +319,7 @@ impl Settings {
             remote_write,
             linklocal,
             dns_analysis: self.dns_analysis.unwrap_or(false),
+            pod_attribution: self.pod_attribution.unwrap_or(false),
             alert_rules,
             receivers,
             alerts: self.alerts.clone(),
@@ -376,6 +385,7 @@ impl Config {
             compat_stats: re(&self.compat_stats),
             linklocal_meter: Some(self.linklocal.is_some()),
             dns_analysis: Some(self.dns_analysis),
+            pod_attribution: Some(self.pod_attribution),
             vpc_resolvers: self.linklocal.as_ref().map(crate::linklocal::Targets::resolvers),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),

@@ -311,6 +311,7 @@ impl DnsStats {
                         would_save: c.chain_queries - c.needed_queries,
                         recommended_ndots: c.dots.iter().copied().min().unwrap_or(1).clamp(1, 2),
                     }),
+                    pod: None,
                 }
             })
             .collect();
@@ -437,6 +438,9 @@ pub struct ClientReport {
     pub top_names: Vec<(String, u64)>,
     /// Search-path amplification, when seen.
     pub amplification: Option<Amplification>,
+    /// The pod at this address, with pod attribution on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::k8s::PodRef>,
 }
 
 /// Search-path amplification of one client.

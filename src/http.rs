@@ -38,6 +38,8 @@ pub struct AppState {
     pub history: Duration,
     /// The DNS analysis, when on.
     pub dns: Option<Arc<std::sync::Mutex<crate::dns::DnsStats>>>,
+    /// This node's pods by address, when pod attribution is on.
+    pub pods: Option<Arc<std::sync::Mutex<crate::k8s::Pods>>>,
 }
 
 /// Builds the HTTP application.
@@ -160,6 +162,7 @@ mod tests {
             started_ms: 0,
             history: Duration::from_secs(900),
             dns: None,
+            pods: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod dns;
 pub mod docs;
 pub mod history;
 pub mod http;
+pub mod k8s;
 pub mod linklocal;
 pub mod metrics;
 pub mod record;

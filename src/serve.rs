@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::alerts::notify::{self, Handle};
 use crate::alerts::Evaluator;
@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, HumanDuration, Settings};
 use crate::dns::DnsStats;
 use crate::history::Store;
 use crate::http::{self, AppState};
+use crate::k8s;
 use crate::metrics::Options;
 use crate::remote_write::{self, Pusher};
 use crate::sampler::{wall_ms, Sampler};
@@ -155,6 +156,19 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
     let remote_write_stats =
         (!config.remote_write.is_empty()).then(|| remote_write::stats(&config.remote_write));
     let running = Running::start(config, chosen.source, notify)?;
+    // Pod attribution: off with one log line when the API cannot be used.
+    let attribution = if config.pod_attribution {
+        match k8s::ApiAccess::in_cluster() {
+            Ok(access) => Some(access),
+            Err(why) => {
+                warn!(reason = %why, "pod attribution is off; DNS clients are shown by address only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pods = attribution.as_ref().map(|_| Arc::new(Mutex::new(k8s::Pods::default())));
     let metrics = Options {
         compat: config.compat.clone(),
         interval: config.interval,
@@ -175,6 +189,7 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
         metrics,
         source: chosen.what.clone(),
         dns: chosen.dns.clone(),
+        pods: pods.clone(),
         started_ms: wall_ms(),
         history: config.history,
     });
@@ -194,6 +209,9 @@ pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Resul
         .context("cannot start the async runtime")?;
     let local = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     let result = runtime.block_on(async {
+        if let (Some(access), Some(pods)) = (attribution, pods.clone()) {
+            tokio::spawn(k8s::run(access, pods));
+        }
         if let Some(mut notifier) = notifier.take() {
             notifier.generator_url = format!("http://{local}/");
             tokio::spawn(notifier.run());
