@@ -138,6 +138,14 @@ pub struct TopArgs {
     /// Stop after this many updates (default: until q, Ctrl-C or the end of a replay).
     #[arg(long, value_name = "N")]
     pub iterations: Option<u64>,
+
+    /// Meter link-local traffic against the 1024/s budget (needs CAP_NET_RAW).
+    #[arg(long)]
+    pub linklocal_meter: bool,
+
+    /// Show the busiest DNS clients and their search-path amplification (needs CAP_NET_RAW).
+    #[arg(long)]
+    pub dns_analysis: bool,
 }
 
 /// Flags of `enawatch record`.

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal as _, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,6 +17,7 @@ use crossterm::{cursor, execute, queue, terminal};
 use crate::analysis::{recent, rfc3339, Recent};
 use crate::cli::{Failure, TopArgs};
 use crate::config::Settings;
+use crate::dns::DnsStats;
 use crate::history::{Point, Store};
 use crate::serve::{build_source, Running};
 use crate::stats::Allowance;
@@ -51,19 +53,43 @@ pub fn run(args: &TopArgs) -> Result<(), Failure> {
         interval: args.interval.clone(),
         device_include: args.device_include.clone(),
         device_exclude: args.device_exclude.clone(),
+        linklocal_meter: Some(args.linklocal_meter),
+        dns_analysis: Some(args.dns_analysis),
         ..Settings::default()
     };
     let config = settings.resolve()?;
     let chosen = build_source(&args.source, &config)?;
     let running = Running::start(&config, chosen.source, None)?;
     let title = format!("enawatch top · {}", chosen.what);
+    let view = View { store: &running.store, dns: chosen.dns.as_ref(), title: &title };
     let result = if io::stdout().is_terminal() {
-        interactive(&running.store, &title, config.interval, args.iterations)
+        interactive(&view, config.interval, args.iterations)
     } else {
-        plain(&running.store, &title, config.interval, args.iterations)
+        plain(&view, config.interval, args.iterations)
     };
     running.stop();
     result.map_err(Failure::Runtime)
+}
+
+/// What the view shows.
+struct View<'a> {
+    store: &'a Store,
+    dns: Option<&'a Arc<Mutex<DnsStats>>>,
+    title: &'a str,
+}
+
+/// The busiest DNS clients, one line each (with the DNS analysis on).
+fn dns_lines(dns: Option<&Arc<Mutex<DnsStats>>>) -> Vec<String> {
+    let Some(dns) = dns else { return Vec::new() };
+    let report = dns.lock().unwrap_or_else(PoisonError::into_inner).report(crate::sampler::wall_ms());
+    let mut lines = vec![format!("DNS CLIENT                                 Q/S  NXDOMAIN  SEARCH PATH")];
+    for c in report.clients.iter().take(5) {
+        let amp = c.amplification.as_ref().map_or_else(String::new, |a| {
+            format!("x{} (ndots:{} saves {})", a.factor, a.recommended_ndots, a.would_save)
+        });
+        lines.push(format!("{:<39} {:>7.1}  {:>7.0}%  {amp}", c.client, c.qps_1m, c.nxdomain_ratio * 100.0));
+    }
+    lines
 }
 
 fn rows(store: &Store) -> (Vec<Row>, i64, bool) {
@@ -132,7 +158,8 @@ fn status(rows: &[Row]) -> String {
     }
 }
 
-fn plain(store: &Store, title: &str, interval: Duration, iterations: Option<u64>) -> anyhow::Result<()> {
+fn plain(view: &View, interval: Duration, iterations: Option<u64>) -> anyhow::Result<()> {
+    let (store, title) = (view.store, view.title);
     let mut out = io::stdout().lock();
     let mut n = 0;
     loop {
@@ -148,6 +175,9 @@ fn plain(store: &Store, title: &str, interval: Duration, iterations: Option<u64>
                 "   "
             };
             let _ = writeln!(s, "{mark}{}", line(r));
+        }
+        for l in dns_lines(view.dns) {
+            let _ = writeln!(s, "   {l}");
         }
         s.push('\n');
         if out.write_all(s.as_bytes()).and_then(|()| out.flush()).is_err() {
@@ -179,12 +209,8 @@ impl Drop for Screen {
     }
 }
 
-fn interactive(
-    store: &Store,
-    title: &str,
-    interval: Duration,
-    iterations: Option<u64>,
-) -> anyhow::Result<()> {
+fn interactive(view: &View, interval: Duration, iterations: Option<u64>) -> anyhow::Result<()> {
+    let (store, title) = (view.store, view.title);
     let _screen = Screen::enter().context("cannot set up the terminal")?;
     let mut out = io::stdout();
     let refresh = interval.max(Duration::from_millis(200));
@@ -210,6 +236,9 @@ fn interactive(
             write!(out, "{}", line(r))?;
             queue!(out, SetAttribute(Attribute::Reset))?;
             write!(out, "\r\n")?;
+        }
+        for l in dns_lines(view.dns) {
+            write!(out, "\r\n{l}")?;
         }
         out.flush()?;
         n += 1;
