@@ -7,15 +7,11 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{http_get, parse_metrics, TempDir, BIN};
-
-type Posts = Arc<Mutex<Vec<(String, String)>>>;
+use support::{http_get, parse_metrics, Posts, TempDir, BIN};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -23,37 +19,7 @@ fn free_port() -> u16 {
 
 /// Records every POST (path, body) sent to `listener`.
 fn receive(listener: TcpListener) -> Posts {
-    let posts: Posts = Arc::default();
-    let store = Arc::clone(&posts);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mut length = 0;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            store.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    posts
+    support::record_posts(listener)
 }
 
 struct Agent {

@@ -67,6 +67,45 @@ pub fn check_golden(name: &str, actual: &str) {
     );
 }
 
+/// What a [`record_posts`] receiver saw: (path, body) of every request with a body.
+pub type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// Answers every request on `listener` with 200 and records its path and body.
+pub fn record_posts(listener: std::net::TcpListener) -> Posts {
+    use std::io::BufRead as _;
+    let posts: Posts = Posts::default();
+    let store = std::sync::Arc::clone(&posts);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            store.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    posts
+}
+
 /// Runs a command, panicking with its output unless it succeeds.
 pub fn run(cmd: &[&str]) -> Output {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
