@@ -33,8 +33,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --locked --profile dist --target $(arch)-unknown-linux-musl \
     && cp target/$(arch)-unknown-linux-musl/dist/enawatch /enawatch
 
-# --- runtime: the binary alone. No shell, no libc, no CA certificates (the agent makes no
-# outgoing TLS connection). ---
+# --- runtime: the binary and the CA certificates its TLS clients trust (Slack notifications,
+# remote write to AMP and the STS/IMDS credential endpoints). No shell, no libc. ---
 FROM scratch
 ARG ENAWATCH_REVISION=""
 LABEL org.opencontainers.image.title="enawatch" \
@@ -44,6 +44,7 @@ LABEL org.opencontainers.image.title="enawatch" \
       org.opencontainers.image.source="https://github.com/enawatch/enawatch" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /enawatch /enawatch
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # nobody:nogroup, numeric so that Kubernetes' runAsNonRoot can verify it.
 USER 65534:65534
 EXPOSE 9417

@@ -225,8 +225,8 @@ pub struct Provider {
 #[derive(Default)]
 struct State {
     current: Option<Credentials>,
-    last_attempt: Option<Instant>,
-    failing: bool,
+    /// When a refresh last failed (the next waits [`RETRY_REFRESH`]).
+    last_failure: Option<Instant>,
 }
 
 impl fmt::Debug for Provider {
@@ -267,24 +267,22 @@ impl Provider {
         let remaining = |c: &Credentials| c.expires_ms.map_or(i64::MAX, |e| e - now);
         let refresh_ms = i64::try_from(REFRESH_BEFORE.as_millis()).unwrap_or(i64::MAX);
         if let Some(c) = &state.current {
-            let recently_tried = state.last_attempt.is_some_and(|t| t.elapsed() < RETRY_REFRESH);
-            if remaining(c) > refresh_ms || (recently_tried && remaining(c) > 0) {
+            let recently_failed = state.last_failure.is_some_and(|t| t.elapsed() < RETRY_REFRESH);
+            if remaining(c) > refresh_ms || (recently_failed && remaining(c) > 0) {
                 return Ok(c.clone());
             }
         }
-        state.last_attempt = Some(Instant::now());
         match self.fetch(now).await {
             Ok(c) => {
-                if state.failing {
+                if state.last_failure.take().is_some() {
                     info!(source = %self.describe(), "AWS credentials obtained again");
                 }
-                state.failing = false;
                 state.current = Some(c.clone());
                 Ok(c)
             }
             Err(err) => {
-                let first = !state.failing;
-                state.failing = true;
+                let first = state.last_failure.is_none();
+                state.last_failure = Some(Instant::now());
                 match state.current.clone().filter(|c| remaining(c) > 0) {
                     Some(c) => {
                         if first {
@@ -301,9 +299,7 @@ impl Provider {
 
     /// Forgets the cached credentials (the receiver refused them).
     pub async fn invalidate(&self) {
-        let mut state = self.state.lock().await;
-        state.current = None;
-        state.last_attempt = None;
+        self.state.lock().await.current = None;
     }
 
     async fn fetch(&self, now_ms: i64) -> Result<Credentials, String> {

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! - What is sent is what `/metrics` shows for the native families: the collector runs the
-//!   same [`metrics::visit`] over the snapshot. At most one step per `resolution` (default
-//!   15 s): the first sample taken at or after each multiple of it, stamped with the sample's
+//!   same [`metrics::visit`] over the snapshot. One step per `resolution` (default 15 s,
+//!   steps aligned on Unix time): the latest sample taken in it, stamped with the sample's
 //!   time. The collector is a thread of its own that only reads published snapshots, so
 //!   nothing here can delay the sampler, and a busy HTTP runtime cannot make it miss one.
 //! - Each endpoint has a bounded [`queue`] (default: two hours of steps) and one sender that
@@ -71,8 +71,9 @@ pub struct EndpointConfig {
     /// Extra HTTP headers, e.g. `X-Scope-OrgID` for a multi-tenant Mimir.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// At most one sample per series per this duration: the first taken at or after each
-    /// multiple of it. Default: 15s. `1s` with the default interval sends every sample.
+    /// One sample per series per step of this duration (steps aligned on Unix time): the
+    /// latest taken in the step. Default: 15s. `1s` with the default interval sends every
+    /// sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
     /// Labels added to every series (a series' own label of the same name wins); `${VAR}`
@@ -520,14 +521,17 @@ impl Endpoint {
         }
     }
 
-    /// Where the credentials come from, for SigV4 endpoints.
-    fn credentials_source(&self) -> Option<String> {
+    /// How requests are authenticated, for the start-up log (no secret).
+    fn describe_auth(&self) -> String {
         match &self.auth {
-            Auth::Sigv4 { source, role_arn, .. } => Some(match role_arn {
-                Some(r) => format!("{}, then sts:AssumeRole {r}", source.describe()),
-                None => source.describe(),
-            }),
-            _ => None,
+            Auth::None => "none".into(),
+            Auth::Basic { username, .. } => format!("basic, user {username}"),
+            Auth::Bearer { .. } => "bearer token".into(),
+            Auth::Sigv4 { region, source, role_arn, .. } => {
+                let assume =
+                    role_arn.as_ref().map(|r| format!(", then sts:AssumeRole {r}")).unwrap_or_default();
+                format!("SigV4 ({region}), credentials from {}{assume}", source.describe())
+            }
         }
     }
 }
@@ -663,7 +667,7 @@ impl Pusher {
                     error,
                 };
                 let per_segment = (endpoint.queue_steps / 8).max(16);
-                let (s, recovered) = Spool::open(&dir, per_segment).map_err(error)?;
+                let (mut s, recovered) = Spool::open(&dir, per_segment).map_err(error)?;
                 for damage in &recovered.damaged {
                     info!(endpoint = %endpoint.name, damage, "spool: ignored a damaged record (the previous process stopped mid-write)");
                 }
@@ -674,6 +678,7 @@ impl Pusher {
                 let steps = recovered.steps.len();
                 let dropped = queue.restore(recovered.steps, recovered.offset);
                 stats[index].dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+                s.trim(&queue.needed()).map_err(error)?;
                 if steps > 0 {
                     info!(endpoint = %endpoint.name, steps, samples, dir = %dir.display(), "spool: resending what the previous process could not deliver");
                 }
@@ -692,15 +697,7 @@ impl Pusher {
             }));
         }
         let options = metrics::Options { compat: Vec::new(), ..options.clone() };
-        let mut collector = Collector {
-            shared: shared.clone(),
-            store,
-            options,
-            last_seq: 0,
-            last_at,
-            sets: vec![None; endpoints.len()],
-            spool_failing: vec![false; endpoints.len()],
-        };
+        let mut collector = Collector::new(shared.clone(), store, options, interval, last_at);
         let (stop, stopped) = mpsc::channel::<()>();
         // Often enough to see every snapshot (several polls per interval), rarely enough to
         // cost nothing: a poll is a read lock and an Arc clone.
@@ -714,6 +711,7 @@ impl Pusher {
                     // Stopping: the sampler has stopped, so this sees its last snapshot.
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                         collector.poll();
+                        collector.finish();
                         return;
                     }
                 }
@@ -733,7 +731,7 @@ impl Pusher {
                 resolution = %HumanDuration(e.resolution),
                 queue = %HumanDuration(e.queue_duration),
                 spool = e.spool_dir.is_some(),
-                credentials = e.credentials_source().unwrap_or_default(),
+                auth = %e.describe_auth(),
                 "pushing samples with remote write"
             );
             tokio::spawn(sender::run(Arc::clone(shared)));
@@ -761,12 +759,17 @@ impl Pusher {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let pending: usize = self.shared.iter().map(|s| s.lock().pending()).sum();
-        let spooled = self.shared.iter().all(|s| s.spool.is_some());
-        warn!(
-            pending,
-            spooled, "stopping with samples not delivered (spooled ones are sent by the next start)"
-        );
+        for s in &self.shared {
+            let pending = s.lock().pending();
+            if pending == 0 {
+                continue;
+            }
+            if s.spool.is_some() {
+                info!(endpoint = %s.endpoint.name, pending, "stopping with samples not delivered yet: the spool keeps them for the next start");
+            } else {
+                warn!(endpoint = %s.endpoint.name, pending, "stopping with samples not delivered: they are lost (spool_dir keeps them across restarts)");
+            }
+        }
     }
 }
 
@@ -776,20 +779,54 @@ impl Drop for Pusher {
     }
 }
 
-/// Turns snapshots into steps.
+/// Turns snapshots into steps: per endpoint, the latest sample of each resolution step.
 struct Collector {
     shared: Vec<Arc<Shared>>,
     store: Arc<Store>,
     options: metrics::Options,
+    /// The sampling interval, Unix ms: when the next sample can come at the earliest.
+    interval_ms: i64,
     last_seq: u64,
-    /// Per endpoint: the time of its last step.
+    /// Per endpoint: the time of its last step (`i64::MIN`: none yet).
     last_at: Vec<i64>,
+    /// Per endpoint: the latest snapshot of a step not over yet.
+    held: Vec<Option<Arc<Snapshot>>>,
     /// Per endpoint: the series of its last step, shared by the next while unchanged.
     sets: Vec<Option<Arc<SeriesSet>>>,
     spool_failing: Vec<bool>,
 }
 
 impl Collector {
+    fn new(
+        shared: Vec<Arc<Shared>>,
+        store: Arc<Store>,
+        options: metrics::Options,
+        interval: Duration,
+        last_at: Vec<i64>,
+    ) -> Self {
+        let n = shared.len();
+        Self {
+            shared,
+            store,
+            options,
+            interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1),
+            last_seq: 0,
+            last_at,
+            held: vec![None; n],
+            sets: vec![None; n],
+            spool_failing: vec![false; n],
+        }
+    }
+
+    fn step_of(&self, i: usize, at_ms: i64) -> i64 {
+        let res = i64::try_from(self.shared[i].endpoint.resolution.as_millis()).unwrap_or(i64::MAX).max(1);
+        at_ms.div_euclid(res)
+    }
+
+    /// Looks at the latest snapshot. A sample is sent once it is known to be the latest of
+    /// its step: at once when the next sample cannot fall in the same step (always, on the
+    /// sampler's fixed grid), else when a sample of a later step shows up (a replay's own
+    /// timeline) or the agent stops.
     fn poll(&mut self) {
         let snapshot = self.store.latest();
         if snapshot.seq == 0 || snapshot.seq == self.last_seq {
@@ -797,21 +834,47 @@ impl Collector {
         }
         self.last_seq = snapshot.seq;
         let at = snapshot.at_ms;
-        // Each endpoint wants the first sample of each of its resolution steps.
-        let due: Vec<usize> = (0..self.shared.len())
-            .filter(|&i| {
-                let res = i64::try_from(self.shared[i].endpoint.resolution.as_millis()).unwrap_or(i64::MAX);
-                let last = self.last_at[i];
-                at > last && (last == i64::MIN || at.div_euclid(res) > last.div_euclid(res))
-            })
-            .collect();
-        if due.is_empty() {
-            return;
+        let mut due = Vec::new();
+        for i in 0..self.shared.len() {
+            let step = self.step_of(i, at);
+            if let Some(held) = self.held[i].take() {
+                if self.step_of(i, held.at_ms) < step {
+                    due.push((i, held));
+                }
+            }
+            if at <= self.last_at[i] {
+                continue; // time went backwards (a replay starting over): never out of order
+            }
+            if self.step_of(i, at.saturating_add(self.interval_ms)) > step {
+                due.push((i, Arc::clone(&snapshot)));
+            } else {
+                self.held[i] = Some(Arc::clone(&snapshot));
+            }
         }
-        let samples = collect(&snapshot, &self.options);
-        for i in due {
-            self.last_at[i] = at;
-            self.push(i, at, &samples);
+        self.emit(due);
+    }
+
+    /// Sends what is held (the agent is stopping: those samples are the latest there are).
+    fn finish(&mut self) {
+        let due: Vec<(usize, Arc<Snapshot>)> =
+            self.held.iter_mut().enumerate().filter_map(|(i, h)| Some((i, h.take()?))).collect();
+        self.emit(due);
+    }
+
+    fn emit(&mut self, due: Vec<(usize, Arc<Snapshot>)>) {
+        let mut rendered: Option<(u64, Vec<Sample>)> = None;
+        for (i, snapshot) in due {
+            // One sample per step.
+            let last = self.last_at[i];
+            if last != i64::MIN && self.step_of(i, snapshot.at_ms) <= self.step_of(i, last) {
+                continue;
+            }
+            if rendered.as_ref().is_none_or(|(seq, _)| *seq != snapshot.seq) {
+                rendered = Some((snapshot.seq, collect(&snapshot, &self.options)));
+            }
+            let samples = &rendered.as_ref().expect("rendered above").1;
+            self.last_at[i] = snapshot.at_ms;
+            self.push(i, snapshot.at_ms, samples);
         }
     }
 
@@ -858,6 +921,10 @@ impl Collector {
             }
         }
         let dropped = queue.push(step);
+        if let (true, Some(spool)) = (dropped > 0, &shared.spool) {
+            // Nothing is acknowledged during an outage: the spool is trimmed here too.
+            let _ = spool.lock().unwrap_or_else(PoisonError::into_inner).trim(&queue.needed());
+        }
         if dropped > 0 {
             let total = shared.stats().dropped.fetch_add(dropped as u64, Ordering::Relaxed);
             if total == 0 {

@@ -97,8 +97,8 @@ pub struct Queue {
     front_offset: usize,
     capacity: usize,
     samples: usize,
-    /// The first step and the samples of the batch being delivered, if any.
-    in_flight: Option<u64>,
+    /// The first and last step and the samples of the batch being delivered, if any.
+    in_flight: Option<(u64, u64)>,
     in_flight_samples: usize,
     /// The id the next step gets.
     next_id: u64,
@@ -158,6 +158,11 @@ impl Queue {
         self.samples
     }
 
+    /// Whether the next step pushes the oldest out.
+    pub fn is_full(&self) -> bool {
+        self.steps.len() >= self.capacity
+    }
+
     /// Samples not yet delivered: waiting, or in the batch being delivered.
     pub fn pending(&self) -> usize {
         self.samples + self.in_flight_samples
@@ -168,9 +173,11 @@ impl Queue {
         self.steps.front().map(|(_, at)| *at)
     }
 
-    /// The oldest step still needed: the batch in flight, else the first waiting step.
-    pub fn keep_from(&self) -> u64 {
-        self.in_flight.or(self.steps.front().map(|(s, _)| s.id)).unwrap_or(self.next_id)
+    /// The steps still needed (first and last id, inclusive): the batch in flight and the
+    /// waiting steps. Anything else was delivered, rejected or dropped.
+    pub fn needed(&self) -> Vec<(u64, u64)> {
+        let waiting = self.steps.front().zip(self.steps.back()).map(|((a, _), (b, _))| (a.id, b.id));
+        self.in_flight.into_iter().chain(waiting).collect()
     }
 
     /// Takes up to `max` samples from the front, in order.
@@ -200,7 +207,7 @@ impl Queue {
         }
         self.samples -= n;
         let first_id = parts[0].0.id;
-        self.in_flight = Some(first_id);
+        self.in_flight = Some((first_id, end.id));
         self.in_flight_samples = n;
         Some(Batch { parts, samples: n, end, first_id })
     }
@@ -240,13 +247,13 @@ mod tests {
         assert_eq!(q.samples(), 9);
         let b = q.take(4).unwrap();
         assert_eq!((b.samples, b.end, b.first_id), (4, Position { id: 2, offset: 1 }, 1));
-        assert_eq!(q.keep_from(), 1);
+        assert_eq!(q.needed(), [(1, 2), (2, 3)]);
         let decoded = proto::decode_request(&proto::compress(&b.encode())).unwrap();
         // Series a has steps 1 and 2, in order; b and c only step 1.
         assert_eq!(decoded[0].samples, [(1000, 10.0), (2000, 20.0)]);
         assert_eq!(decoded.len(), 3);
         q.finish();
-        assert_eq!(q.keep_from(), 2);
+        assert_eq!(q.needed(), [(2, 3)]);
         let b = q.take(100).unwrap();
         assert_eq!((b.samples, b.end), (5, Position { id: 3, offset: 3 }));
         assert!(q.take(100).is_none());
@@ -262,9 +269,9 @@ mod tests {
         assert_eq!(q.push(step(3, &s)), 1, "the rest of step 1");
         assert_eq!(q.push(step(4, &s)), 2);
         assert_eq!(q.samples(), 4);
-        assert_eq!(q.keep_from(), 1, "the batch in flight stays");
+        assert_eq!(q.needed(), [(1, 1), (3, 4)], "the batch in flight stays");
         q.finish();
-        assert_eq!(q.keep_from(), 3);
+        assert_eq!(q.needed(), [(3, 4)]);
     }
 
     #[test]

@@ -92,11 +92,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let shared = &sender.shared;
         let mut queue = shared.lock();
         queue.finish();
-        let keep_from = queue.keep_from();
+        let needed = queue.needed();
         shared.update_pending(&queue);
         drop(queue);
         if let Some(spool) = &shared.spool {
-            if let Err(err) = spool.lock().unwrap_or_else(PoisonError::into_inner).ack(batch.end, keep_from) {
+            let mut spool = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(err) = spool.ack(batch.end).and_then(|()| spool.trim(&needed)) {
                 warn!(endpoint = %shared.endpoint.name, error = %err, "cannot update the spool's cursor; a restart may send some samples again");
             }
         }
@@ -105,7 +106,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 impl Sender {
     /// Waits until a batch is due: a full one, one whose oldest sample has waited the
-    /// batch deadline, or anything at shutdown.
+    /// batch deadline, anything when the queue is full (its oldest step would be dropped
+    /// before the deadline) or at shutdown.
     async fn next_batch(&self) -> Batch {
         let shared = &self.shared;
         let e = &shared.endpoint;
@@ -113,7 +115,7 @@ impl Sender {
             let wait = {
                 let mut queue = shared.lock();
                 let due = queue.samples() >= e.max_samples_per_send
-                    || (queue.samples() > 0 && shared.flushing.load(Ordering::Relaxed))
+                    || (queue.samples() > 0 && (queue.is_full() || shared.flushing.load(Ordering::Relaxed)))
                     || queue.oldest().is_some_and(|t| t.elapsed() >= e.batch_send_deadline);
                 if due {
                     if let Some(batch) = queue.take(e.max_samples_per_send) {

@@ -157,18 +157,35 @@ impl Spool {
         result
     }
 
-    /// Records that everything before `done` was accepted, and deletes the segments holding
-    /// only steps before `keep_from` (accepted, or dropped from a full queue).
-    pub fn ack(&mut self, done: Position, keep_from: u64) -> io::Result<()> {
+    /// Records that everything before `done` was accepted.
+    pub fn ack(&mut self, done: Position) -> io::Result<()> {
         let tmp = self.dir.join("cursor.tmp");
         fs::write(&tmp, format!("{} {}\n", done.id, done.offset))?;
-        fs::rename(&tmp, self.dir.join("cursor"))?;
-        // A segment's steps end where the next segment's begin; the last one is being written.
-        while self.segments.len() > 1 && self.segments[1].0 <= keep_from {
-            let (_, path) = self.segments.pop_front().expect("two segments");
-            fs::remove_file(path)?;
+        fs::rename(&tmp, self.dir.join("cursor"))
+    }
+
+    /// Deletes the segments holding none of the `needed` steps (inclusive id ranges): what
+    /// was delivered, rejected, or dropped from a full queue. This bounds the spool like the
+    /// queue, also during an outage, when nothing is acknowledged.
+    pub fn trim(&mut self, needed: &[(u64, u64)]) -> io::Result<()> {
+        // A segment's steps end where the next one's begin; the last one is being written.
+        let mut kept = VecDeque::with_capacity(self.segments.len());
+        let mut result = Ok(());
+        while let Some((first, path)) = self.segments.pop_front() {
+            let Some(&(next, _)) = self.segments.front() else {
+                kept.push_back((first, path));
+                break;
+            };
+            let used = needed.iter().any(|&(a, b)| a < next && b >= first);
+            if used {
+                kept.push_back((first, path));
+            } else if let Err(e) = fs::remove_file(&path) {
+                result = Err(e);
+                kept.push_back((first, path));
+            }
         }
-        Ok(())
+        self.segments = kept;
+        result
     }
 }
 
@@ -321,7 +338,8 @@ mod tests {
         }
         assert_eq!(spool.segments.len(), 3);
         // Steps 1-2 and one series of step 3 accepted; segment 1-3 is still needed.
-        spool.ack(Position { id: 3, offset: 1 }, 3).unwrap();
+        spool.ack(Position { id: 3, offset: 1 }).unwrap();
+        spool.trim(&[(3, 7)]).unwrap();
         assert_eq!(spool.segments.len(), 3);
         drop(spool);
 
@@ -336,10 +354,27 @@ mod tests {
         drop(spool);
 
         let (mut spool, _) = Spool::open(&d.0, 3).unwrap();
-        spool.ack(Position { id: 7, offset: 3 }, 8).unwrap();
+        spool.ack(Position { id: 7, offset: 3 }).unwrap();
+        spool.trim(&[]).unwrap();
+        assert_eq!(spool.segments.len(), 1, "the last segment stays");
         let (_, recovered) = Spool::open(&d.0, 3).unwrap();
         assert!(recovered.steps.is_empty());
         assert_eq!(recovered.next_id, 8);
+    }
+
+    #[test]
+    fn an_outage_beyond_the_queue_trims_what_the_queue_dropped() {
+        let d = dir("trim");
+        let s = set(&["a"]);
+        let (mut spool, _) = Spool::open(&d.0, 1).unwrap();
+        for id in 1..=5 {
+            spool.append(&step(id, &s)).unwrap();
+        }
+        // Step 1 is being retried, 2 and 3 were dropped from the full queue, 4 and 5 wait.
+        spool.trim(&[(1, 1), (4, 5)]).unwrap();
+        let (_, recovered) = Spool::open(&d.0, 1).unwrap();
+        let ids: Vec<u64> = recovered.steps.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [1, 4, 5]);
     }
 
     #[test]

@@ -149,15 +149,13 @@ fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
     let mut pusher =
         Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, Duration::from_secs(1)).unwrap();
     pusher.stop_collecting();
-    let mut collector = Collector {
-        shared: pusher.shared.clone(),
-        store: Arc::clone(&store),
+    let mut collector = Collector::new(
+        pusher.shared.clone(),
+        Arc::clone(&store),
         options,
-        last_seq: 0,
-        last_at: vec![i64::MIN; 2],
-        sets: vec![None; 2],
-        spool_failing: vec![false; 2],
-    };
+        Duration::from_secs(1),
+        vec![i64::MIN; 2],
+    );
     collector.poll(); // the empty snapshot before the first tick: nothing
     for k in 1..=12 {
         store.publish(snapshot(k, 1_790_000_000_000 + i64::try_from(k).unwrap() * 1000));
@@ -190,7 +188,11 @@ fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
         times
     };
     let fine: Vec<(i64, f64)> = (1..=12).map(|k| (k * 1000, k as f64)).collect();
-    assert_eq!(steps(0), fine, "every sample at 1s");
-    // 1_790_000_001_000 is the first tick, 1_790_000_005_000 and 1_790_000_010_000 start steps.
-    assert_eq!(steps(1), [(1000, 1.0), (5000, 5.0), (10_000, 10.0)]);
+    assert_eq!(steps(0), fine, "every sample at 1s, at once");
+    // The latest sample of each 5 s step, sent as it is taken: the next tick is in a new step.
+    assert_eq!(steps(1), [(4000, 4.0), (9000, 9.0)]);
+    // The step under way is sent when the agent stops.
+    collector.finish();
+    assert_eq!(steps(1), [(12_000, 12.0)]);
+    assert!(steps(0).is_empty());
 }
