@@ -183,7 +183,7 @@ impl History {
     }
 
     /// The points of one device, oldest first.
-    pub fn points(&self, device: &str) -> impl Iterator<Item = &Point> {
+    pub fn points(&self, device: &str) -> impl DoubleEndedIterator<Item = &Point> {
         self.rings.get(device).into_iter().flatten()
     }
 

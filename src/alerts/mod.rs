@@ -290,12 +290,76 @@ pub struct Evaluator {
     rules: Vec<LocalRule>,
     active: BTreeMap<(usize, Option<String>), Alert>,
     resolved: VecDeque<Alert>,
+    /// Per device, the intervals in which an allowance counter grew, kept up to date one
+    /// new point per tick: a tick never rescans a device's history.
+    throttling: BTreeMap<String, Throttling>,
+    /// Scratch for the points a tick added, reused.
+    new_points: Vec<Point>,
+}
+
+/// What `throttled_seconds` needs of one device's history, maintained incrementally.
+#[derive(Debug, Default)]
+struct Throttling {
+    /// Time of the newest point taken into account.
+    last_seen_ms: Option<i64>,
+    /// Time of the newest point that was not a glitch: where the next interval starts.
+    last_good_ms: Option<i64>,
+    /// (start, end, allowances whose counter grew as a bit set) of every interval between
+    /// two consecutive good points in which some counter grew, oldest first.
+    intervals: VecDeque<(i64, i64, u8)>,
+}
+
+impl Throttling {
+    /// Takes the device's new points into account and forgets intervals whose start point
+    /// left the history (exactly what a scan of the history would no longer pair up).
+    fn update(&mut self, history: &History, device: &str, new: &mut Vec<Point>) {
+        let last_seen = self.last_seen_ms;
+        new.clear();
+        new.extend(history.points(device).rev().take_while(|p| last_seen.is_none_or(|t| p.at_ms > t)));
+        for p in new.iter().rev() {
+            self.last_seen_ms = Some(p.at_ms);
+            if p.flags & Point::GLITCH != 0 {
+                continue;
+            }
+            let grew = Allowance::ALL
+                .iter()
+                .filter(|a| p.added[a.index()] > 0)
+                .fold(0u8, |bits, a| bits | 1 << a.index());
+            if let (Some(start), true) = (self.last_good_ms, grew != 0) {
+                self.intervals.push_back((start, p.at_ms, grew));
+            }
+            self.last_good_ms = Some(p.at_ms);
+        }
+        let oldest = history.points(device).next().map_or(i64::MAX, |p| p.at_ms);
+        while self.intervals.front().is_some_and(|&(start, _, _)| start < oldest) {
+            self.intervals.pop_front();
+        }
+    }
+
+    /// [`throttled_seconds`] of the whole history, from the intervals.
+    fn seconds(&self, a: Allowance, since_ms: i64) -> f64 {
+        let ms: i64 = self
+            .intervals
+            .iter()
+            .rev()
+            .take_while(|&&(_, end, _)| end > since_ms)
+            .filter(|&&(_, _, grew)| grew & 1 << a.index() != 0)
+            .map(|&(start, end, _)| end - start)
+            .sum();
+        ms as f64 / 1000.0
+    }
 }
 
 impl Evaluator {
     /// An evaluator of `rules`.
     pub fn new(rules: Vec<LocalRule>) -> Self {
-        Self { rules, active: BTreeMap::new(), resolved: VecDeque::new() }
+        Self {
+            rules,
+            active: BTreeMap::new(),
+            resolved: VecDeque::new(),
+            throttling: BTreeMap::new(),
+            new_points: Vec::new(),
+        }
     }
 
     /// The rules in force.
@@ -305,21 +369,51 @@ impl Evaluator {
 
     /// Evaluates every rule at the snapshot's time; returns the alerts that started firing
     /// or resolved.
+    #[allow(clippy::too_many_lines)] // every rule kind, then the state machine, in one pass
     pub fn evaluate(&mut self, snapshot: &Snapshot, history: &History) -> Vec<Transition> {
         let now = snapshot.at_ms;
         // (rule, device, allowance, value, condition holds)
         let mut results: Vec<Evaluation> = Vec::new();
+        let mut tracked = 0;
+        for d in snapshot.devices.iter().filter(|d| d.counters.supported.iter().any(|&s| s)) {
+            tracked += 1;
+            let name = &d.device.name;
+            let t = match self.throttling.get_mut(name) {
+                Some(t) => t,
+                None => self.throttling.entry(name.clone()).or_default(),
+            };
+            t.update(history, name, &mut self.new_points);
+        }
+        if self.throttling.len() > tracked {
+            // A device vanished or stopped reporting allowance stats: forget it.
+            let names: std::collections::BTreeSet<&str> =
+                snapshot.devices.iter().map(|d| d.device.name.as_str()).collect();
+            self.throttling.retain(|name, _| names.contains(name.as_str()));
+        }
+        // One lookup per device, not one per rule and device.
+        let throttling: Vec<Option<&Throttling>> =
+            snapshot.devices.iter().map(|d| self.throttling.get(&d.device.name)).collect();
         for (r, rule) in self.rules.iter().enumerate() {
             match &rule.condition {
                 Condition::Throttled { allowance, min_throttled, window } => {
-                    for d in &snapshot.devices {
+                    for (d, t) in snapshot.devices.iter().zip(&throttling) {
                         if !d.counters.supported[allowance.index()] {
                             continue;
                         }
-                        let points: Vec<&Point> = history.points(&d.device.name).collect();
                         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-                        let value = throttled_seconds(&points, *allowance, now.saturating_sub(window_ms));
+                        let since = now.saturating_sub(window_ms);
+                        let value = t.map_or(0.0, |t| t.seconds(*allowance, since));
                         let holds = value >= min_throttled.as_secs_f64();
+                        // Nothing to do for a device neither throttled nor alerting (the usual
+                        // case): skip it before its name is copied into a result.
+                        let alerting = !self.active.is_empty()
+                            && self
+                                .active
+                                .keys()
+                                .any(|(ar, ad)| *ar == r && ad.as_deref() == Some(&d.device.name));
+                        if !holds && !alerting {
+                            continue;
+                        }
                         results.push((r, Some(d.device.name.clone()), Some(allowance.label()), value, holds));
                     }
                 }
@@ -475,3 +569,59 @@ pub fn throttled_seconds(points: &[&Point], a: Allowance, since_ms: i64) -> f64 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod incremental_equivalence {
+    use super::*;
+
+    #[test]
+    fn incremental_throttled_seconds_equal_a_full_scan() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for capacity in [1, 2, 5, 30] {
+            let mut h = History::new(capacity);
+            let mut t = Throttling::default();
+            let mut scratch = Vec::new();
+            let mut at = 1_000i64;
+            for _ in 0..400 {
+                // Sometimes several points arrive between two evaluations.
+                for _ in 0..=(rand() % 3) {
+                    at += 500 + i64::try_from(rand() % 2000).unwrap();
+                    let mut added = [0u32; 5];
+                    for a in &mut added {
+                        if rand() % 4 == 0 {
+                            *a = u32::try_from(rand() % 50).unwrap();
+                        }
+                    }
+                    let flags = if rand() % 10 == 0 { Point::GLITCH } else { 0 };
+                    h.push(
+                        "d",
+                        Point {
+                            at_ms: at,
+                            added,
+                            available: Point::NO_VALUE,
+                            flags,
+                            linklocal: Point::NO_VALUE,
+                        },
+                    );
+                }
+                t.update(&h, "d", &mut scratch);
+                let points: Vec<&Point> = h.points("d").collect();
+                for a in Allowance::ALL {
+                    for since in [0, at - 10_000, at - 3_000, at] {
+                        let want = throttled_seconds(&points, a, since);
+                        assert!(
+                            (t.seconds(a, since) - want).abs() < 1e-9,
+                            "cap {capacity} at {at} since {since}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
