@@ -251,7 +251,7 @@ pub fn analyze(capture: Capture, source: &str) -> Report {
             .devices
             .iter()
             .map(|d| {
-                let points: Vec<Point> = h.points(&d.device.name).copied().collect();
+                let points: Vec<Point> = h.points(&d.device.name).collect();
                 let allowances = Allowance::ALL
                     .into_iter()
                     .map(|a| {

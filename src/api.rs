@@ -127,7 +127,7 @@ struct StatusBody {
 async fn status(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.store.latest();
     let (throttled_now, summary) =
-        state.store.read_history(|h| summary(&snapshot, &|d| h.points(d).copied().collect()));
+        state.store.read_history(|h| summary(&snapshot, &|d| h.points(d).collect()));
     Json(StatusBody {
         version: VERSION,
         revision: REVISION,
@@ -207,7 +207,7 @@ async fn devices(State(state): State<Arc<AppState>>) -> Response {
         snapshot
             .devices
             .iter()
-            .map(|d| device_body(d, &h.points(&d.device.name).copied().collect::<Vec<_>>()))
+            .map(|d| device_body(d, &h.points(&d.device.name).collect::<Vec<_>>()))
             .collect()
     });
     Json(body).into_response()
@@ -261,7 +261,7 @@ async fn history(
     }
     let since =
         q.seconds.map_or(i64::MIN, |s| snapshot.at_ms - i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000);
-    let points: Vec<Point> = state.store.read_history(|h| h.points(&q.device).copied().collect());
+    let points: Vec<Point> = state.store.read_history(|h| h.points(&q.device).collect());
     let mut body = HistoryBody {
         device: q.device,
         t: Vec::new(),
@@ -346,7 +346,7 @@ async fn bursts(
     let list: Vec<Burst> = state.store.read_history(|h| {
         let mut list = Vec::new();
         for d in snapshot.devices.iter().filter(|d| q.device.as_ref().is_none_or(|n| *n == d.device.name)) {
-            let points: Vec<Point> = h.points(&d.device.name).copied().collect();
+            let points: Vec<Point> = h.points(&d.device.name).collect();
             for &a in &allowances {
                 for episode in episodes(&points, a) {
                     list.push(Burst { device: d.device.name.clone(), allowance: a.label(), episode });

@@ -151,7 +151,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
             .devices
             .iter()
             .map(|d| {
-                let points: Vec<Point> = h.points(&d.device.name).copied().collect();
+                let points: Vec<Point> = h.points(&d.device.name).collect();
                 let during: Vec<(&'static str, u64)> = Allowance::ALL
                     .into_iter()
                     .filter(|a| d.counters.supported[a.index()])

@@ -150,11 +150,74 @@ impl Point {
     pub const RESET: u8 = 2;
 }
 
+/// A point as the ring stores it: 32 bytes instead of [`Point`]'s 40. The time is an offset
+/// from the ring's base (30 bits of milliseconds: 12 days), the two flags in the top bits.
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    offset_and_flags: u32,
+    added: [u32; 5],
+    available: u32,
+    linklocal: u32,
+}
+
+const OFFSET_BITS: u32 = 30;
+const OFFSET_MASK: u32 = (1 << OFFSET_BITS) - 1;
+
+#[derive(Debug, Default)]
+struct Ring {
+    base_ms: i64,
+    points: VecDeque<Stored>,
+}
+
+impl Ring {
+    fn at_ms(&self, s: &Stored) -> i64 {
+        self.base_ms + i64::from(s.offset_and_flags & OFFSET_MASK)
+    }
+
+    fn push(&mut self, capacity: usize, p: Point) {
+        if self.points.len() == capacity {
+            self.points.pop_front();
+        }
+        if self.points.is_empty() {
+            self.base_ms = p.at_ms;
+        }
+        let mut offset = p.at_ms - self.base_ms;
+        if !(0..=i64::from(OFFSET_MASK)).contains(&offset) {
+            // Rebase on the oldest point kept (once every 12 days, or after a clock jump).
+            let times: Vec<i64> = self.points.iter().map(|s| self.at_ms(s)).collect();
+            let base = times.first().copied().unwrap_or(p.at_ms).min(p.at_ms);
+            for (s, t) in self.points.iter_mut().zip(times) {
+                let o = u32::try_from((t - base).clamp(0, i64::from(OFFSET_MASK))).expect("masked");
+                s.offset_and_flags = (s.offset_and_flags & !OFFSET_MASK) | o;
+            }
+            self.base_ms = base;
+            offset = (p.at_ms - base).clamp(0, i64::from(OFFSET_MASK));
+        }
+        let offset = u32::try_from(offset).expect("in range");
+        self.points.push_back(Stored {
+            offset_and_flags: offset | (u32::from(p.flags) << OFFSET_BITS),
+            added: p.added,
+            available: p.available,
+            linklocal: p.linklocal,
+        });
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = Point> + '_ {
+        self.points.iter().map(|s| Point {
+            at_ms: self.at_ms(s),
+            added: s.added,
+            available: s.available,
+            flags: u8::try_from(s.offset_and_flags >> OFFSET_BITS).expect("two bits"),
+            linklocal: s.linklocal,
+        })
+    }
+}
+
 /// Per-device rings of [`Point`]s, each holding at most `capacity` ticks.
 #[derive(Debug, Default)]
 pub struct History {
     capacity: usize,
-    rings: BTreeMap<String, VecDeque<Point>>,
+    rings: BTreeMap<String, Ring>,
 }
 
 impl History {
@@ -165,16 +228,15 @@ impl History {
 
     /// Appends a point, dropping the oldest when full.
     pub fn push(&mut self, device: &str, point: Point) {
+        let capacity = self.capacity;
         let ring = match self.rings.get_mut(device) {
             Some(ring) => ring,
-            None => {
-                self.rings.entry(device.to_owned()).or_insert_with(|| VecDeque::with_capacity(self.capacity))
-            }
+            None => self
+                .rings
+                .entry(device.to_owned())
+                .or_insert_with(|| Ring { base_ms: point.at_ms, points: VecDeque::with_capacity(capacity) }),
         };
-        if ring.len() == self.capacity {
-            ring.pop_front();
-        }
-        ring.push_back(point);
+        ring.push(capacity, point);
     }
 
     /// Forgets a device that vanished.
@@ -183,8 +245,8 @@ impl History {
     }
 
     /// The points of one device, oldest first.
-    pub fn points(&self, device: &str) -> impl DoubleEndedIterator<Item = &Point> {
-        self.rings.get(device).into_iter().flatten()
+    pub fn points(&self, device: &str) -> impl DoubleEndedIterator<Item = Point> + '_ {
+        self.rings.get(device).into_iter().flat_map(Ring::iter)
     }
 
     /// Ticks kept per device.

@@ -97,7 +97,7 @@ fn rows(store: &Store) -> (Vec<Row>, i64, bool) {
     let rows = store.read_history(|h| {
         let mut rows = Vec::new();
         for d in &snapshot.devices {
-            let points: Vec<Point> = h.points(&d.device.name).copied().collect();
+            let points: Vec<Point> = h.points(&d.device.name).collect();
             let mut first = true;
             for a in Allowance::ALL {
                 if !d.counters.supported[a.index()] {

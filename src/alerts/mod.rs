@@ -611,7 +611,8 @@ mod incremental_equivalence {
                     );
                 }
                 t.update(&h, "d", &mut scratch);
-                let points: Vec<&Point> = h.points("d").collect();
+                let owned: Vec<Point> = h.points("d").collect();
+                let points: Vec<&Point> = owned.iter().collect();
                 for a in Allowance::ALL {
                     for since in [0, at - 10_000, at - 3_000, at] {
                         let want = throttled_seconds(&points, a, since);
