@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use regex_lite::Regex;
-use serde::Deserialize as _;
+use support::yaml::{documents, load, read, seq, text};
 use yaml_serde::Value;
 
 /// Kubernetes versions the core manifests must validate against: the oldest EKS version the
@@ -48,22 +48,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-/// Every document of a (multi-document) YAML text, empty ones skipped.
-fn documents(text: &str, origin: &str) -> Vec<Value> {
-    yaml_serde::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: {e}")))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn load(rel: &str) -> Vec<Value> {
-    documents(&read(rel), rel)
-}
-
 fn load_one(rel: &str) -> Value {
     let mut docs = load(rel);
     assert_eq!(docs.len(), 1, "{rel} must hold exactly one document");
@@ -79,20 +63,6 @@ fn kube_files() -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// A scalar as text ("" when missing or not a scalar): `9417` and `"9417"` read the same.
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn seq(v: &Value) -> &[Value] {
-    v.as_sequence().map_or(&[], Vec::as_slice)
 }
 
 fn strings(v: &Value) -> Vec<String> {

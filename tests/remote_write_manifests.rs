@@ -13,39 +13,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
-use serde::Deserialize as _;
+use support::yaml::{load, read, seq, text};
 use yaml_serde::Value;
 
 const BASE: &str = "deploy/kubernetes";
 const COMPONENT: &str = "deploy/kubernetes/alternatives/remote-write";
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
-        .unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn documents(rel: &str) -> Vec<Value> {
-    yaml_serde::Deserializer::from_str(&read(rel))
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn seq(v: &Value) -> &[Value] {
-    v.as_sequence().map_or(&[], Vec::as_slice)
-}
 
 fn id(doc: &Value) -> (String, String) {
     (text(&doc["kind"]), text(&doc["metadata"]["name"]))
@@ -101,14 +75,12 @@ fn rendered() -> Vec<Value> {
     assert_eq!(text(&component["kind"]), "Component");
     let mut objects: Vec<Value> = seq(&base["resources"])
         .iter()
-        .flat_map(|r| documents(&format!("{BASE}/{}", text(r))))
-        .chain(
-            seq(&component["resources"]).iter().flat_map(|r| documents(&format!("{COMPONENT}/{}", text(r)))),
-        )
+        .flat_map(|r| load(&format!("{BASE}/{}", text(r))))
+        .chain(seq(&component["resources"]).iter().flat_map(|r| load(&format!("{COMPONENT}/{}", text(r)))))
         .collect();
     for patch in seq(&component["patches"]) {
         if let Some(path) = patch["path"].as_str() {
-            for p in documents(&format!("{COMPONENT}/{path}")) {
+            for p in load(&format!("{COMPONENT}/{path}")) {
                 let target = objects
                     .iter_mut()
                     .find(|o| id(o) == id(&p))
@@ -293,7 +265,7 @@ fn the_problem_checker_catches_each_violation() {
         assert!(found.iter().any(|p| p.contains(want)), "{want}: {found:?}");
     }
     let mut with_podmonitor = good.clone();
-    with_podmonitor.extend(documents(&format!("{BASE}/podmonitor.yaml")));
+    with_podmonitor.extend(load(&format!("{BASE}/podmonitor.yaml")));
     assert!(problems(&with_podmonitor).iter().any(|p| p.contains("nothing scrapes")));
 }
 

@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod yaml;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_enawatch");
 
