@@ -220,7 +220,7 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::remote_write) mod tests {
     use super::*;
 
     fn step(id: u64, set: &Arc<SeriesSet>) -> Arc<Step> {
@@ -228,7 +228,8 @@ mod tests {
         Arc::new(Step { id, at_ms: i64::try_from(id).unwrap() * 1000, set: Arc::clone(set), values })
     }
 
-    fn set(names: &[&str]) -> Arc<SeriesSet> {
+    /// A series set of bare metric names; the spool's tests use it too.
+    pub(in crate::remote_write) fn set(names: &[&str]) -> Arc<SeriesSet> {
         Arc::new(SeriesSet {
             labels: names
                 .iter()

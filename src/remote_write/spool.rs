@@ -297,16 +297,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote_write::proto;
-
-    fn set(names: &[&str]) -> Arc<SeriesSet> {
-        Arc::new(SeriesSet {
-            labels: names
-                .iter()
-                .map(|n| proto::encode_labels([("__name__", *n)]).into_boxed_slice())
-                .collect(),
-        })
-    }
+    use crate::remote_write::queue::tests::set;
 
     fn step(id: u64, set: &Arc<SeriesSet>) -> Step {
         let values = (0..set.labels.len()).map(|i| id as f64 + i as f64 / 10.0).collect();
