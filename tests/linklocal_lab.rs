@@ -320,15 +320,20 @@ fn amplification_with(options: &str) -> serde_json::Value {
     v["report"].clone()
 }
 
-#[test]
-fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
-    let report = amplification_with("ndots:5");
-    let client = report["clients"]
+/// The report's row for the node's own stub resolver.
+fn node_client(report: &serde_json::Value) -> &serde_json::Value {
+    report["clients"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["client"] == "10.0.0.10")
-        .expect("the node's client");
+        .expect("the node's client")
+}
+
+#[test]
+fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
+    let report = amplification_with("ndots:5");
+    let client = node_client(&report);
     let a = &client["amplification"];
     // Three suffixes, A and AAAA each, NXDOMAIN, then the name: 8 queries where 2 would do.
     assert_eq!(a["lookups"], 3, "{report}");
@@ -338,12 +343,7 @@ fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
     assert!(client["nxdomain_ratio"].as_f64().unwrap() > 0.7, "{report}");
 
     let report = amplification_with("ndots:1");
-    let client = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["client"] == "10.0.0.10")
-        .expect("the node's client");
+    let client = node_client(&report);
     assert!(client["amplification"].is_null(), "absolute names first: no amplification: {report}");
     assert_eq!(client["queries"], 6, "A and AAAA for each of three names: {report}");
 }
