@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
-use enawatch::alerts::{default_rules, Evaluator};
+use enawatch::alerts::{default_rules, Evaluator, Local};
+use enawatch::base::allowance::ALLOWANCE_STATS;
 use enawatch::history::{Point, Snapshot, Store};
 use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
-use enawatch::stats::ALLOWANCE_STATS;
 use regex_lite::Regex;
 
 /// Device counts: a node with a few ENIs and pod veths, and bench/run's largest.
@@ -153,7 +153,7 @@ fn sampler(shape: Shape, n: usize) -> (Sampler, Arc<Store>, i64) {
         });
     }
     let mut sampler = Sampler::new(Box::new(source), settings, Arc::clone(&store))
-        .with_alerts(Evaluator::new(default_rules()), None);
+        .with_hook(Local::new(Evaluator::new(default_rules()), None));
     let now_ms = (HISTORY_TICKS + 1) * 1_000;
     sampler.tick(now_ms);
     (sampler, store, now_ms)

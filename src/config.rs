@@ -7,7 +7,6 @@
 //! field and the bad value in every error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use regex_lite::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::base::{parse_duration, ConfigError, HumanDuration};
 use crate::metrics::Compat;
 
 /// Settings of `enawatch serve`, as flags and as fields of the YAML config file.
@@ -159,7 +159,7 @@ pub struct Config {
     /// JSON logs.
     pub log_json: bool,
     /// The link-local meter's destinations, when the meter is on.
-    pub linklocal: Option<crate::linklocal::Targets>,
+    pub linklocal: Option<crate::source::linklocal::Targets>,
     /// Analyse DNS traffic.
     pub dns_analysis: bool,
     /// Attribute DNS clients to pods.
@@ -172,29 +172,6 @@ pub struct Config {
     pub alerts: Option<AlertsConfig>,
     /// Remote-write endpoints.
     pub remote_write: Vec<crate::remote_write::Endpoint>,
-}
-
-/// A configuration error: which field, which value, what is wrong. Exits 2.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A field's value is invalid.
-    #[error("{field}: {value:?} {problem}")]
-    Invalid {
-        /// Field (flag without dashes, or file key).
-        field: &'static str,
-        /// The value given.
-        value: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// The config file cannot be read or parsed.
-    #[error("config file {path}: {problem}")]
-    File {
-        /// Path of the file.
-        path: String,
-        /// What is wrong (the parser names the field and the line).
-        problem: String,
-    },
 }
 
 /// The shortest interval accepted.
@@ -340,7 +317,7 @@ impl Settings {
 
 impl Settings {
     /// The link-local meter's targets, when the meter is on.
-    fn linklocal_targets(&self) -> Result<Option<crate::linklocal::Targets>, ConfigError> {
+    fn linklocal_targets(&self) -> Result<Option<crate::source::linklocal::Targets>, ConfigError> {
         if !self.linklocal_meter.unwrap_or(false) {
             return Ok(None);
         }
@@ -351,11 +328,11 @@ impl Settings {
                     a.trim().parse().map_err(|_| invalid("vpc_resolvers", Some(a), "is not an IPv4 address"))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            None => crate::linklocal::vpc_resolvers(
+            None => crate::source::linklocal::vpc_resolvers(
                 &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
         };
-        Ok(Some(crate::linklocal::Targets::new(&resolvers)))
+        Ok(Some(crate::source::linklocal::Targets::new(&resolvers)))
     }
 }
 
@@ -386,7 +363,7 @@ impl Config {
             linklocal_meter: Some(self.linklocal.is_some()),
             dns_analysis: Some(self.dns_analysis),
             pod_attribution: Some(self.pod_attribution),
-            vpc_resolvers: self.linklocal.as_ref().map(crate::linklocal::Targets::resolvers),
+            vpc_resolvers: self.linklocal.as_ref().map(crate::source::linklocal::Targets::resolvers),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
             alerts: self.alerts.clone(),
@@ -420,54 +397,6 @@ fn regex(field: &'static str, value: Option<&str>) -> Result<Option<Regex>, Conf
             })
         })
         .transpose()
-}
-
-/// Parses a Prometheus-style duration: one or more `<number><unit>` with units `ms`, `s`,
-/// `m`, `h`, `d`, e.g. `100ms`, `1s`, `1m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err("is empty; write a duration such as 1s or 500ms".into());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err("is not a duration such as 1s, 500ms or 1m30s".into());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| "has a number that is too large".to_owned())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "" => return Err("has no unit; write e.g. 1s or 500ms".into()),
-            _ => return Err("has an unknown unit; use ms, s, m, h or d".into()),
-        };
-        rest = &rest[unit_len..];
-        let part = u32::try_from(n).ok().and_then(|n| unit.checked_mul(n)).ok_or("is too long")?;
-        total = total.checked_add(part).ok_or("is too long")?;
-    }
-    Ok(total)
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub struct HumanDuration(pub Duration);
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
-            write!(f, "{ms}ms")
-        } else if ms % 60_000 != 0 || ms == 0 {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{}m", ms / 60_000)
-        }
-    }
 }
 
 #[cfg(test)]

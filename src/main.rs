@@ -5,10 +5,12 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use enawatch::cli::{Cli, Command, DocTopic, Failure, ReportFormat, RulesAction, ServeArgs};
+use enawatch::cmd::cli::{Cli, Command, DocTopic, Failure, ReportFormat, RulesAction, ServeArgs};
+use enawatch::cmd::{analyze, diagnose, record, runtime, serve, top};
 use enawatch::config::Settings;
+use enawatch::generate::{readme, rules};
+use enawatch::metrics;
 use enawatch::source::simulate::Scenario;
-use enawatch::{analysis, diagnose, docs, metrics, record, rules, serve, top};
 
 fn main() -> ExitCode {
     // clap itself exits 2 on an unknown flag or a missing value.
@@ -24,8 +26,8 @@ fn main() -> ExitCode {
             init_logging(tracing::Level::INFO, false);
             record::run(&args)
         }
-        Command::Analyze(args) => serve::load_capture(&args.file, args.device.as_deref()).map(|capture| {
-            let report = analysis::analyze(capture, &args.file.display().to_string());
+        Command::Analyze(args) => runtime::load_capture(&args.file, args.device.as_deref()).map(|capture| {
+            let report = analyze::analyze(capture, &args.file.display().to_string());
             match args.format {
                 ReportFormat::Text => print_stdout(&report.to_text()),
                 ReportFormat::Json => {
@@ -44,8 +46,8 @@ fn main() -> ExitCode {
         }
         Command::Docs { topic } => {
             print_stdout(&match topic {
-                DocTopic::Config => docs::config_reference(),
-                DocTopic::Metrics => docs::metrics_table(),
+                DocTopic::Config => readme::config_reference(),
+                DocTopic::Metrics => readme::metrics_table(),
             });
             Ok(())
         }

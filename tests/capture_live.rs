@@ -28,7 +28,7 @@ fn readme_loop() -> String {
 /// The last sample's stats of `device` in a capture file.
 fn last_values(path: &std::path::Path, device: &str) -> BTreeMap<String, u64> {
     let text = std::fs::read_to_string(path).unwrap();
-    let capture = enawatch::capture::parse(&text, "capture", "eth0", 0).unwrap();
+    let capture = enawatch::source::capture::parse(&text, "capture", "eth0", 0).unwrap();
     let sample = capture
         .samples
         .iter()
@@ -113,7 +113,7 @@ fn record_writes_what_the_kernel_reports() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&path).unwrap();
-    let capture = enawatch::capture::parse(&text, "rec", "eth0", 0).unwrap();
+    let capture = enawatch::source::capture::parse(&text, "rec", "eth0", 0).unwrap();
     assert!((5..=7).contains(&capture.samples.len()), "1 s at 200 ms: {} samples", capture.samples.len());
     let device = &capture.samples[0].devices[0];
     assert_eq!((device.name.as_str(), device.attribute("driver")), ("veth0", Some("veth")));

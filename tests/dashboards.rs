@@ -20,7 +20,7 @@ const COREDNS_UID: &str = "enawatch-coredns";
 /// crate itself, so the dashboards are checked against the one definition.
 fn ena_names() -> Vec<&'static str> {
     let families = enawatch::metrics::NATIVE_FAMILIES.iter().map(|f| f.name);
-    let rules = enawatch::rules::RECORDING_RULES.iter().map(|(name, _)| *name);
+    let rules = enawatch::generate::rules::RECORDING_RULES.iter().map(|(name, _)| *name);
     families.chain(rules).chain(["up"]).collect()
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use enawatch::docs;
+use enawatch::generate::readme::{config_reference, metrics_table};
 
 fn section(text: &str, name: &str) -> (usize, usize) {
     let begin =
@@ -18,7 +18,7 @@ fn readme_tables_are_generated() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
     let mut readme = std::fs::read_to_string(&path).unwrap();
     let mut stale = Vec::new();
-    for (name, generated) in [("metrics", docs::metrics_table()), ("config", docs::config_reference())] {
+    for (name, generated) in [("metrics", metrics_table()), ("config", config_reference())] {
         let (start, end) = section(&readme, name);
         if readme[start..end] != generated {
             stale.push(name);

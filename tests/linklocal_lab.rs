@@ -169,8 +169,7 @@ fn rates(agent: &Agent, since_ms: i64) -> Vec<u32> {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
-        .unwrap()
+    enawatch::base::wall_ms()
 }
 
 fn budget_alert(agent: &Agent) -> Option<String> {

@@ -53,7 +53,7 @@ fn every_value_equals_what_the_kernel_reports() {
     // The peer's end is in another namespace, so it is not seen; loopback is not selected.
     assert!(!metrics.contains("device=\"p0\"") && !metrics.contains("device=\"lo\""));
     assert!(metrics.contains("ena_interface_info{device=\"veth0\",driver=\"veth\""), "{metrics}");
-    for stat in enawatch::stats::ALLOWANCE_STATS {
+    for stat in enawatch::base::allowance::ALLOWANCE_STATS {
         assert_eq!(
             series.get(&format!("ena_stat_supported{{device=\"veth0\",stat=\"{stat}\"}}")),
             Some(&0.0)

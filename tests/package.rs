@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use enawatch::rules::{self, Flavour};
+use enawatch::generate::rules::{self, Flavour};
 use support::{TempDir, BIN};
 
 fn root() -> PathBuf {
@@ -180,6 +180,6 @@ fn every_alert_has_a_runbook_section() {
     for name in rules::alert_names() {
         assert!(runbooks.contains(&format!("\n## {name}\n")), "docs/runbooks.md has no section `## {name}`");
     }
-    let linked: Vec<&str> = rules::RUNBOOK_BASE.rsplit('/').take(2).collect();
+    let linked: Vec<&str> = enawatch::alerts::catalog::RUNBOOK_BASE.rsplit('/').take(2).collect();
     assert_eq!(linked, ["runbooks.md", "docs"], "runbook_url points at docs/runbooks.md");
 }

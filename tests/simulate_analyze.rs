@@ -13,11 +13,12 @@
 
 use std::fmt::Write as _;
 
-use enawatch::analysis::{analyze, rfc3339};
-use enawatch::capture::{self, CapturedSample};
-use enawatch::record::captured;
+use enawatch::base::allowance::Allowance;
+use enawatch::base::time::rfc3339;
+use enawatch::cmd::analyze::analyze;
+use enawatch::cmd::record::captured;
+use enawatch::source::capture::{self, CapturedSample};
 use enawatch::source::simulate::{Scenario, SimulatedSource};
-use enawatch::stats::Allowance;
 use proptest::prelude::*;
 
 const SECONDS: i64 = 120;

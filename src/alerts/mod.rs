@@ -3,24 +3,29 @@
 //! rarely to see a burst).
 //!
 //! The rules are the same objects the Prometheus rules are rendered from
-//! ([`rules::ALLOWANCE_ALERTS`], [`rules::CONNTRACK_LOW`]): same names, severities, windows,
+//! ([`catalog::ALLOWANCE_ALERTS`], [`catalog::CONNTRACK_LOW`]): same names, severities, windows,
 //! thresholds, `for` and `keep_firing_for`, so the two cannot drift. Thresholds and durations
 //! can be overridden in the config file. States follow Prometheus: an alert is pending while
 //! its condition holds for less than `for`, firing after that (and for `keep_firing_for` after
 //! the condition clears), then resolved.
 
+pub mod catalog;
 pub mod notify;
+mod overrides;
+
+pub use self::overrides::{rules_with, RuleOverride};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
-use crate::analysis::rfc3339;
-use crate::config::{parse_duration, ConfigError, HumanDuration};
-use crate::history::{History, Point, Snapshot};
-use crate::rules::{self, Severity};
-use crate::stats::Allowance;
+use self::catalog::Severity;
+use self::notify::Handle;
+use crate::base::time::rfc3339;
+use crate::base::{Allowance, HumanDuration};
+use crate::history::{Alert, History, Point, Snapshot, State};
+use crate::sampler::Hook;
 
 /// What a local rule looks at.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,7 +75,7 @@ pub struct LocalRule {
 
 /// The default local rules: the shipped ENA alerts.
 pub fn default_rules() -> Vec<LocalRule> {
-    let mut out: Vec<LocalRule> = rules::ALLOWANCE_ALERTS
+    let mut out: Vec<LocalRule> = catalog::ALLOWANCE_ALERTS
         .iter()
         .map(|a| LocalRule {
             name: a.name,
@@ -89,8 +94,11 @@ pub fn default_rules() -> Vec<LocalRule> {
     out.push(LocalRule {
         name: "LinkLocalBudgetNearlyExhausted",
         severity: Severity::Warning,
-        condition: Condition::LinkLocalBudget { ratio: rules::BUDGET_RATIO, window: rules::BUDGET_WINDOW },
-        hold: rules::BUDGET_HOLD,
+        condition: Condition::LinkLocalBudget {
+            ratio: catalog::BUDGET_RATIO,
+            window: catalog::BUDGET_WINDOW,
+        },
+        hold: catalog::BUDGET_HOLD,
         keep_firing: Duration::ZERO,
         summary: "Link-local budget nearly used up",
         impact: "EC2 drops link-local packets (DNS, IMDS, Time Sync) beyond 1024 a second per ENI.",
@@ -98,178 +106,13 @@ pub fn default_rules() -> Vec<LocalRule> {
     out.push(LocalRule {
         name: "ConntrackAllowanceLow",
         severity: Severity::Warning,
-        condition: Condition::ConntrackBelow { below: rules::CONNTRACK_LOW },
-        hold: rules::CONNTRACK_LOW_HOLD,
+        condition: Condition::ConntrackBelow { below: catalog::CONNTRACK_LOW },
+        hold: catalog::CONNTRACK_LOW_HOLD,
         keep_firing: Duration::ZERO,
         summary: "Conntrack headroom low",
         impact: "New connections will be dropped when the instance's conntrack allowance is exhausted.",
     });
     out
-}
-
-/// A change to a local rule, from the config file (`alerts.rules`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RuleOverride {
-    /// Which alert (its name).
-    pub alert: String,
-    /// Which of its severities; every one when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<String>,
-    /// `false` turns it off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Throttled-time threshold (allowance alerts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_throttled: Option<String>,
-    /// Look-back window (allowance alerts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
-    /// Headroom threshold (`ConntrackAllowanceLow`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub below: Option<u64>,
-    /// How long the condition must hold.
-    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
-    pub hold: Option<String>,
-    /// How long to keep firing after the condition clears.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_firing_for: Option<String>,
-}
-
-/// The default rules with `overrides` applied; errors name the override and its field.
-pub fn rules_with(overrides: &[RuleOverride]) -> Result<Vec<LocalRule>, ConfigError> {
-    let mut rules = default_rules();
-    for (i, o) in overrides.iter().enumerate() {
-        let bad = |what: &str, value: &str, problem: &str| ConfigError::Invalid {
-            field: "alerts.rules",
-            value: format!("[{i}] {what}: {value}"),
-            problem: problem.to_owned(),
-        };
-        let duration = |what: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-            v.as_deref().map(|s| parse_duration(s).map_err(|p| bad(what, s, &p))).transpose()
-        };
-        let matching: Vec<usize> = (0..rules.len())
-            .filter(|&r| rules[r].name == o.alert)
-            .filter(|&r| o.severity.as_deref().is_none_or(|s| rules[r].severity.label() == s))
-            .collect();
-        if matching.is_empty() {
-            let names: Vec<&str> = {
-                let mut n: Vec<&str> = default_rules().iter().map(|r| r.name).collect();
-                n.dedup();
-                n
-            };
-            let what = format!(
-                "{}{}",
-                o.alert,
-                o.severity.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
-            );
-            return Err(bad("alert", &what, &format!("matches no local alert; known: {}", names.join(", "))));
-        }
-        let (min, window, hold, keep) = (
-            duration("min_throttled", &o.min_throttled)?,
-            duration("window", &o.window)?,
-            duration("for", &o.hold)?,
-            duration("keep_firing_for", &o.keep_firing_for)?,
-        );
-        for &r in &matching {
-            let rule = &mut rules[r];
-            if let Some(d) = hold {
-                rule.hold = d;
-            }
-            if let Some(d) = keep {
-                rule.keep_firing = d;
-            }
-            match &mut rule.condition {
-                Condition::Throttled { min_throttled, window: w, .. } => {
-                    if o.below.is_some() {
-                        return Err(bad("below", &o.alert, "applies to ConntrackAllowanceLow only"));
-                    }
-                    *min_throttled = min.unwrap_or(*min_throttled);
-                    *w = window.unwrap_or(*w);
-                }
-                Condition::LinkLocalBudget { window: w, .. } => {
-                    if min.is_some() || o.below.is_some() {
-                        return Err(bad("min_throttled/below", &o.alert, "do not apply to this alert"));
-                    }
-                    *w = window.unwrap_or(*w);
-                }
-                Condition::ConntrackBelow { below } => {
-                    if min.is_some() || window.is_some() {
-                        return Err(bad("min_throttled/window", &o.alert, "apply to allowance alerts only"));
-                    }
-                    *below = o.below.unwrap_or(*below);
-                }
-            }
-        }
-        if o.enabled == Some(false) {
-            let mut k = 0;
-            rules.retain(|_| {
-                k += 1;
-                !matching.contains(&(k - 1))
-            });
-        }
-    }
-    Ok(rules)
-}
-
-/// Where an alert is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// The condition holds, for less than `for` so far.
-    Pending,
-    /// Firing.
-    Firing,
-    /// Was firing, no longer.
-    Resolved,
-}
-
-impl State {
-    /// The `alertstate` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Firing => "firing",
-            Self::Resolved => "resolved",
-        }
-    }
-}
-
-/// One alert instance: a rule on a device (or on the instance).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Alert {
-    /// Alert name.
-    pub name: &'static str,
-    /// `critical`, `warning` or `info`.
-    pub severity: &'static str,
-    /// The device, for per-device alerts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// The allowance, for allowance alerts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowance: Option<&'static str>,
-    /// Current state.
-    pub state: State,
-    /// The condition's value at the last evaluation (throttled seconds, or headroom).
-    pub value: f64,
-    /// When the condition started to hold (RFC 3339).
-    pub active_since: String,
-    /// When it started firing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub firing_since: Option<String>,
-    /// When it resolved.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<String>,
-    /// One line.
-    pub summary: String,
-    /// What is happening.
-    pub description: String,
-    /// Where to read what to do.
-    pub runbook_url: String,
-    #[serde(skip)]
-    active_ms: i64,
-    #[serde(skip)]
-    last_true_ms: i64,
 }
 
 /// A change of state worth notifying: `Firing` or `Resolved`.
@@ -433,7 +276,7 @@ impl Evaluator {
                         // The 99th-percentile interval (nearest rank).
                         let rank = (rates.len() * 99).div_ceil(100).max(1) - 1;
                         let value = f64::from(rates[rank]);
-                        let holds = value > ratio * crate::linklocal::BUDGET_PPS;
+                        let holds = value > ratio * crate::source::linklocal::BUDGET_PPS;
                         results.push((r, Some(d.device.name.clone()), Some("linklocal"), value, holds));
                     }
                 }
@@ -526,7 +369,7 @@ fn new_alert(
             None => rule.summary.to_owned(),
         },
         description: describe(rule, device.as_deref(), value),
-        runbook_url: format!("{}#{}", rules::RUNBOOK_BASE, rule.name.to_lowercase()),
+        runbook_url: format!("{}#{}", catalog::RUNBOOK_BASE, rule.name.to_lowercase()),
         device,
         allowance,
         state: State::Pending,
@@ -565,6 +408,39 @@ pub fn throttled_seconds(points: &[&Point], a: Allowance, since_ms: i64) -> f64 
         }
     }
     ms as f64 / 1000.0
+}
+
+/// The local alerts as the sampler runs them: evaluated on every snapshot, transitions logged
+/// and offered to the notifiers.
+pub struct Local {
+    evaluator: Evaluator,
+    notify: Option<Handle>,
+}
+
+impl Local {
+    /// Evaluates with `evaluator`, offering transitions to `notify` when receivers exist.
+    pub fn new(evaluator: Evaluator, notify: Option<Handle>) -> Self {
+        Self { evaluator, notify }
+    }
+}
+
+impl Hook for Local {
+    fn on_snapshot(&mut self, snapshot: &mut Snapshot, history: &History) {
+        let transitions = self.evaluator.evaluate(snapshot, history);
+        snapshot.alerts = self.evaluator.alerts();
+        for t in transitions {
+            let a = &t.alert;
+            let device = a.device.as_deref().unwrap_or("");
+            if a.state == State::Firing {
+                warn!(alert = a.name, severity = a.severity, device, value = a.value, "alert firing");
+            } else {
+                info!(alert = a.name, severity = a.severity, device, "alert resolved");
+            }
+            if let Some(notify) = &self.notify {
+                notify.offer(t);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,9 +21,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use super::{Alert, State, Transition};
-use crate::analysis::rfc3339;
-use crate::config::ConfigError;
+use super::Transition;
+use crate::base::time::rfc3339;
+use crate::base::ConfigError;
+use crate::history::{Alert, State};
+use crate::metrics::telemetry::ReceiverStats;
 
 /// A receiver as written in the config file (`alerts.receivers`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -124,23 +126,6 @@ impl ReceiverConfig {
         let name = self.name.clone().unwrap_or_else(|| self.kind.clone());
         Ok(Receiver { name, kind, url, send_resolved: self.send_resolved.unwrap_or(true) })
     }
-}
-
-/// Counters of one receiver, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ReceiverStats {
-    /// Receiver name.
-    pub name: String,
-    /// Notifications delivered.
-    pub sent: AtomicU64,
-    /// Rejected by the receiver (4xx other than 429) and dropped.
-    pub failed: AtomicU64,
-    /// Dropped because the queue was full (the oldest go first).
-    pub dropped: AtomicU64,
-    /// Attempts that will be retried.
-    pub retried: AtomicU64,
-    /// Waiting in the queue.
-    pub queued: AtomicU64,
 }
 
 /// What the sampler holds: offers transitions without ever waiting.
@@ -384,7 +369,7 @@ impl Worker {
     }
 
     fn alertmanager_body(&self, alerts: &[Alert]) -> serde_json::Value {
-        let now = crate::sampler::wall_ms();
+        let now = crate::base::wall_ms();
         let ends = now + i64::try_from(AM_ENDS_AFTER.as_millis()).unwrap_or(0);
         let list: Vec<serde_json::Value> = alerts
             .iter()
@@ -429,15 +414,6 @@ impl Worker {
             )
         })
     }
-}
-
-/// The node's name for notifications: `NODE_NAME` (the downward API) or the host name.
-pub fn node_name() -> String {
-    std::env::var("NODE_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ fn bad_overrides_name_the_entry_and_the_field() {
 #[test]
 fn local_rules_are_the_shipped_rules() {
     // Same names, severities and parameters as the Prometheus rules (one definition).
-    for (local, shipped) in default_rules().iter().zip(rules::ALLOWANCE_ALERTS.iter()) {
+    for (local, shipped) in default_rules().iter().zip(catalog::ALLOWANCE_ALERTS.iter()) {
         assert_eq!((local.name, local.severity), (shipped.name, shipped.severity));
         assert_eq!(local.hold, shipped.hold);
         assert_eq!(local.keep_firing, shipped.keep_firing);

@@ -5,22 +5,19 @@
 
 pub mod compat;
 pub mod encode;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::fmt::Write as _;
 
-use crate::alerts::notify::ReceiverStats;
-use crate::alerts::State;
-use crate::history::LINKLOCAL_BUCKETS;
-use crate::linklocal::Service;
-
 use self::encode::{Encoder, Format, Kind, Value};
-use crate::history::Snapshot;
-use crate::stats::{Allowance, ALLOWANCE_STATS};
+use self::telemetry::{NotifyStats, RemoteWriteStats};
+use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
+use crate::history::{Snapshot, State, LINKLOCAL_BUCKETS};
+use crate::source::linklocal::Service;
 
 /// An opt-in compatibility family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,9 +27,6 @@ pub enum Compat {
     /// `node_ethtool_<stat>{device}`: node_exporter's ethtool collector names.
     NodeExporter,
 }
-
-/// Notification counters: per receiver, and the transitions the sampler could not hand over.
-pub type NotifyStats = (Arc<Vec<ReceiverStats>>, Arc<AtomicU64>);
 
 /// What `/metrics` renders besides the native families.
 #[derive(Clone, Debug)]
@@ -44,7 +38,7 @@ pub struct Options {
     /// Notification counters, when receivers are configured.
     pub notify: Option<NotifyStats>,
     /// Remote-write counters, when endpoints are configured.
-    pub remote_write: Option<crate::remote_write::Stats>,
+    pub remote_write: Option<RemoteWriteStats>,
 }
 
 /// One native family: name, type, labels and help. The README's metric table is this.

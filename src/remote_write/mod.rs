@@ -23,10 +23,8 @@
 //!   (secrets read from files at each request, so rotated Secrets apply), TLS with the
 //!   system roots plus an optional CA file. Secrets are never logged.
 
-pub mod credentials;
 pub mod proto;
 pub mod queue;
-pub mod sigv4;
 pub mod spool;
 
 mod sender;
@@ -34,7 +32,7 @@ mod sender;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,9 +42,11 @@ use tracing::{info, warn};
 
 use self::queue::{Queue, SeriesSet, Step};
 use self::spool::Spool;
-use crate::config::{parse_duration, ConfigError, HumanDuration};
+use crate::aws::credentials;
+use crate::base::{parse_duration, ConfigError, HumanDuration};
 use crate::history::{Snapshot, Store};
 use crate::metrics::encode::{Kind, Value};
+use crate::metrics::telemetry::{EndpointStats, RemoteWriteStats};
 use crate::metrics::{self, Sink};
 
 // === configuration ===
@@ -554,42 +554,8 @@ pub fn resolve_all(configs: &[EndpointConfig], interval: Duration) -> Result<Vec
 
 // === self-metrics ===
 
-/// Counters of one endpoint, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct EndpointStats {
-    /// Endpoint name.
-    pub name: String,
-    /// Samples the receiver accepted.
-    pub sent: AtomicU64,
-    /// Samples in attempts that failed and will be retried (once per attempt).
-    pub retried: AtomicU64,
-    /// Samples dropped from a full queue (the oldest go first).
-    pub dropped: AtomicU64,
-    /// Samples the receiver rejected (4xx other than 429), not retried.
-    pub failed: AtomicU64,
-    /// Samples not yet accepted: queued or being delivered.
-    pub pending: AtomicU64,
-    /// When the receiver last accepted a batch, Unix milliseconds (0: never).
-    pub last_success_ms: AtomicI64,
-}
-
-impl EndpointStats {
-    /// `(outcome, samples)` for `enawatch_remote_write_samples_total`.
-    pub fn outcomes(&self) -> [(&'static str, u64); 4] {
-        [
-            ("sent", self.sent.load(Ordering::Relaxed)),
-            ("retried", self.retried.load(Ordering::Relaxed)),
-            ("dropped", self.dropped.load(Ordering::Relaxed)),
-            ("failed", self.failed.load(Ordering::Relaxed)),
-        ]
-    }
-}
-
-/// The counters of every endpoint.
-pub type Stats = Arc<Vec<EndpointStats>>;
-
 /// Counters for `endpoints`, all zero.
-pub fn stats(endpoints: &[Endpoint]) -> Stats {
+pub fn stats(endpoints: &[Endpoint]) -> RemoteWriteStats {
     Arc::new(
         endpoints
             .iter()
@@ -604,7 +570,7 @@ pub fn stats(endpoints: &[Endpoint]) -> Stats {
 struct Shared {
     endpoint: Endpoint,
     index: usize,
-    stats: Stats,
+    stats: RemoteWriteStats,
     queue: Mutex<Queue>,
     spool: Option<Mutex<Spool>>,
     /// A step was queued (or a flush asked for).
@@ -648,7 +614,7 @@ impl Pusher {
     /// options (the compatibility families are left out: only native families are pushed).
     pub fn start(
         endpoints: &[Endpoint],
-        stats: &Stats,
+        stats: &RemoteWriteStats,
         store: Arc<Store>,
         options: &metrics::Options,
         interval: Duration,

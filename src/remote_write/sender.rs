@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::credentials::Provider;
 use super::queue::Batch;
-use super::{proto, sigv4, Auth, Shared};
+use super::{proto, Auth, Shared};
+use crate::aws::credentials::Provider;
+use crate::aws::sigv4;
 use crate::metrics::VERSION;
 
 /// The longest `Retry-After` honoured.
@@ -76,7 +77,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         _ => None,
     };
     let seed = (u64::from(std::process::id()) << 16 ^ shared.index as u64 ^ 0x9e37_79b9_7f4a_7c15)
-        .wrapping_mul(u64::try_from(crate::sampler::wall_ms()).unwrap_or(1) | 1);
+        .wrapping_mul(u64::try_from(crate::base::wall_ms()).unwrap_or(1) | 1);
     let mut sender = Sender {
         shared,
         client,
@@ -147,7 +148,7 @@ impl Sender {
                 Outcome::Delivered => {
                     let stats = self.shared.stats();
                     stats.sent.fetch_add(n, Ordering::Relaxed);
-                    stats.last_success_ms.store(crate::sampler::wall_ms(), Ordering::Relaxed);
+                    stats.last_success_ms.store(crate::base::wall_ms(), Ordering::Relaxed);
                     if let Some(since) = self.failing.take() {
                         info!(endpoint = %self.shared.endpoint.name, failing_seconds = since.elapsed().as_secs(),
                             "remote-write endpoint reachable again; sending what was queued");
@@ -238,7 +239,7 @@ impl Sender {
                     ("x-prometheus-remote-write-version", "0.1.0"),
                 ];
                 signed.extend(e.headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))));
-                let scope = sigv4::Scope { region, service: "aps", now_ms: crate::sampler::wall_ms() };
+                let scope = sigv4::Scope { region, service: "aps", now_ms: crate::base::wall_ms() };
                 for (name, value) in sigv4::sign("POST", &e.url, &signed, body, &credentials, &scope) {
                     request = request.header(name, value);
                 }
@@ -257,7 +258,7 @@ impl Sender {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, crate::sampler::wall_ms()));
+            .and_then(|v| parse_retry_after(v, crate::base::wall_ms()));
         let reason = format!("HTTP {status}: {}", excerpt(response).await);
         if status.as_u16() == 429 || status.is_server_error() {
             return Outcome::Retry(reason, retry_after);
@@ -316,19 +317,11 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
 
 /// `Retry-After`: seconds, or an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts[..] else { return None };
-    let month = i64::try_from(MONTHS.iter().position(|m| *m == month)? + 1).ok()?;
-    let hms: Vec<i64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
-    let [h, m, s] = hms[..] else { return None };
-    let days = sigv4::days_from_civil(year.parse().ok()?, month, day.parse().ok()?);
-    let at_ms = (((days * 24 + h) * 60 + m) * 60 + s) * 1000;
+    let at_ms = crate::base::time::parse_http_date(value)?;
     Some(Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0)))
 }
 

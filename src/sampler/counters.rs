@@ -20,7 +20,8 @@
 //!
 //! The module is pure: it sees values and timestamps, never the kernel or a clock.
 
-use crate::stats::Allowance;
+use crate::base::Allowance;
+use crate::history::DeviceCounters;
 
 /// More packets per second than any ENA device could queue or drop: 100 Gbit/s of minimum
 /// size frames is about 150 million; this leaves an order of magnitude of margin.
@@ -68,30 +69,6 @@ impl Update {
     pub fn any_reset(&self) -> bool {
         self.reset.iter().any(|&r| r)
     }
-}
-
-/// The agent's counters for one device.
-#[derive(Clone, Debug, Default)]
-pub struct DeviceCounters {
-    /// Last accepted driver value per counter: the baseline of the next delta. Kept while
-    /// a stat is missing, so one that comes back continues rather than starting over.
-    baseline: [Option<u64>; 5],
-    /// A value held back as implausible, by counter, until the next sample says which of it
-    /// and the baseline the driver continues from.
-    suspect: [Option<u64>; 5],
-    last_at_ms: Option<i64>,
-    /// The previous sample was held back as the all-zero glitch.
-    held_back: bool,
-    /// The exported packet counters (`ena_allowance_exceeded_packets_total`).
-    pub packets: [u64; 5],
-    /// The exported throttled seconds (`ena_allowance_exceeded_seconds_total`).
-    pub seconds: [f64; 5],
-    /// Which counters the driver reports in the latest sample.
-    pub supported: [bool; 5],
-    /// Last good `conntrack_allowance_available` (never the glitch's zero).
-    pub available: Option<u64>,
-    /// Whether the driver reports `conntrack_allowance_available` in the latest sample.
-    pub available_supported: bool,
 }
 
 impl DeviceCounters {

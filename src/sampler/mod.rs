@@ -14,17 +14,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
 use tracing::{info, warn};
 
-use self::counters::{DeviceCounters, RawAllowances};
-use crate::alerts::notify::Handle;
-use crate::alerts::{Evaluator, State};
-use crate::history::{DeviceState, ErrorCount, Point, Snapshot, Store};
+use self::counters::RawAllowances;
+use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
+use crate::base::wall_ms;
+use crate::history::{DeviceCounters, DeviceState, ErrorCount, History, Point, Snapshot, Store};
 use crate::source::{Event, ReadError, Reading, Schema, Source};
-use crate::stats::{Allowance, ALLOWANCE_STATS};
 
 /// What the sampler needs to know.
 #[derive(Clone, Debug)]
@@ -47,6 +46,14 @@ struct OpenEpisode {
 /// An episode ends after this long without a new drop (one log line per episode, not per tick).
 const EPISODE_QUIET_MS: i64 = 10_000;
 
+/// What runs on every snapshot after a tick, before readers see it: the local alert
+/// evaluator fills in the snapshot's alert state here, from the history the tick extended.
+/// A trait, so the sampler knows nothing of the readers above it.
+pub trait Hook: Send {
+    /// Completes `snapshot`; `history` already holds this tick's points.
+    fn on_snapshot(&mut self, snapshot: &mut Snapshot, history: &History);
+}
+
 /// The sampler's state between ticks.
 pub struct Sampler {
     source: Box<dyn Source>,
@@ -57,8 +64,8 @@ pub struct Sampler {
     failing: BTreeSet<String>,
     /// Throttling under way, by device and allowance, for one log line at each end.
     episodes: BTreeMap<(String, Allowance), OpenEpisode>,
-    /// Local alerting, and where its transitions go.
-    alerting: Option<(Evaluator, Option<Handle>)>,
+    /// What runs on each snapshot before it is published (the local alerts).
+    hook: Option<Box<dyn Hook>>,
     seq: u64,
     missed_ticks: u64,
 }
@@ -74,16 +81,16 @@ impl Sampler {
             errors: BTreeMap::new(),
             failing: BTreeSet::new(),
             episodes: BTreeMap::new(),
-            alerting: None,
+            hook: None,
             seq: 0,
             missed_ticks: 0,
         }
     }
 
-    /// Evaluates local alerts after every tick, offering transitions to `notify`.
+    /// Runs `hook` on every snapshot before it is published.
     #[must_use]
-    pub fn with_alerts(mut self, evaluator: Evaluator, notify: Option<Handle>) -> Self {
-        self.alerting = Some((evaluator, notify));
+    pub fn with_hook(mut self, hook: impl Hook + 'static) -> Self {
+        self.hook = Some(Box::new(hook));
         self
     }
 
@@ -174,7 +181,9 @@ impl Sampler {
             finished: false,
             alerts: Vec::new(),
         };
-        self.evaluate_alerts(&mut snapshot);
+        if let Some(hook) = &mut self.hook {
+            self.store.read_history(|h| hook.on_snapshot(&mut snapshot, h));
+        }
         let snapshot = Arc::new(snapshot);
         self.store.publish(Arc::clone(&snapshot));
         Some(snapshot)
@@ -218,26 +227,6 @@ impl Sampler {
             );
             false
         });
-    }
-
-    /// Runs the local alerts on a snapshot about to be published; logs and offers the
-    /// transitions.
-    fn evaluate_alerts(&mut self, snapshot: &mut Snapshot) {
-        let Some((evaluator, notify)) = &mut self.alerting else { return };
-        let transitions = self.store.read_history(|h| evaluator.evaluate(snapshot, h));
-        snapshot.alerts = evaluator.alerts();
-        for t in transitions {
-            let a = &t.alert;
-            let device = a.device.as_deref().unwrap_or("");
-            if a.state == State::Firing {
-                warn!(alert = a.name, severity = a.severity, device, value = a.value, "alert firing");
-            } else {
-                info!(alert = a.name, severity = a.severity, device, "alert resolved");
-            }
-            if let Some(notify) = notify {
-                notify.offer(t);
-            }
-        }
     }
 
     fn count_error(&mut self, device: &str, reason: ReadError, at_ms: i64) {
@@ -360,13 +349,6 @@ fn compat_positions(schema: &Schema, select: Option<&Regex>) -> Arc<[usize]> {
         })
         .map(|(i, _)| i)
         .collect()
-}
-
-/// Now, in Unix milliseconds.
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

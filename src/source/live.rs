@@ -14,9 +14,9 @@ use regex_lite::Regex;
 use tracing::{info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
-use crate::dns::{self, DnsStats};
-use crate::linklocal::Targets;
-use crate::stats::ENA_DRIVER;
+use crate::base::allowance::ENA_DRIVER;
+use crate::source::dns::{self, DnsStats};
+use crate::source::linklocal::Targets;
 use crate::sys::packet::{Instruction, PacketSocket, Ring};
 use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
 

@@ -5,14 +5,18 @@
 //! device right now. It owns device discovery and the per-device stat-name cache; it knows
 //! nothing of counters, history or HTTP. Those live in the sampler and read [`Sample`]s.
 
+pub mod capture;
+pub mod dns;
+pub mod linklocal;
 pub mod live;
+pub mod pods;
 pub mod replay;
 pub mod simulate;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::stats::AllowanceIndex;
+use crate::base::allowance::AllowanceIndex;
 
 /// A source of samples, polled once per tick by the sampler thread.
 pub trait Source: Send {
@@ -50,7 +54,7 @@ pub struct Reading {
     /// The driver's values, in `schema.names` order.
     pub values: Arc<[u64]>,
     /// Packets sent to link-local services since the previous reading, by
-    /// [`Service`](crate::linklocal::Service), when the link-local meter is on.
+    /// [`Service`](crate::source::linklocal::Service), when the link-local meter is on.
     pub linklocal: Option<[u32; 3]>,
 }
 

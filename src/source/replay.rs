@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Device, Event, Reading, Sample, Schema, Source};
-use crate::capture::{Capture, CapturedDevice};
-use crate::stats::CONNTRACK_AVAILABLE;
+use crate::base::allowance::CONNTRACK_AVAILABLE;
+use crate::source::capture::{Capture, CapturedDevice};
 
 /// How to play a capture.
 #[derive(Clone, Copy, Debug)]
@@ -155,7 +155,7 @@ impl Source for ReplaySource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::parse;
+    use crate::source::capture::parse;
 
     const TEXT: &str =
         "@10\n=== ens5 driver=ena\n a: 5\n conntrack_allowance_available: 9\n=== ens6\n a: 1\n\

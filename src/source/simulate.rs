@@ -14,8 +14,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{Device, Reading, Sample, Schema, Source};
-use crate::config::parse_duration;
-use crate::stats::{Allowance, CONNTRACK_AVAILABLE};
+use crate::base::allowance::{Allowance, CONNTRACK_AVAILABLE};
+use crate::base::parse_duration;
 
 /// The built-in scenarios: name, YAML.
 pub const BUILT_IN: [(&str, &str); 5] = [

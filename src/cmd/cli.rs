@@ -54,7 +54,7 @@ pub enum RulesAction {
         /// `prometheus` (a rule file), `prometheus-operator` (a PrometheusRule) or `amp-ack`
         /// (an ACK RuleGroupsNamespace for Amazon Managed Prometheus).
         #[arg(long, value_enum)]
-        format: crate::rules::Flavour,
+        format: crate::generate::rules::Flavour,
     },
 }
 
@@ -240,8 +240,8 @@ impl Failure {
     }
 }
 
-impl From<crate::config::ConfigError> for Failure {
-    fn from(err: crate::config::ConfigError) -> Self {
+impl From<crate::base::ConfigError> for Failure {
+    fn from(err: crate::base::ConfigError) -> Self {
         Self::bad(err)
     }
 }

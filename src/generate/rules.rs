@@ -2,9 +2,8 @@
 //! three flavours by `enawatch rules render` (a Prometheus rule file, a Prometheus Operator
 //! `PrometheusRule`, an ACK `RuleGroupsNamespace` for Amazon Managed Prometheus).
 //!
-//! The allowance alerts are data ([`ALLOWANCE_ALERTS`]): their PromQL is generated from the
-//! allowance, the window and the threshold, so the agent's own evaluator can use the same
-//! definitions and the two can never disagree on names, meanings or defaults.
+//! The allowance alerts come from the catalog ([`crate::alerts::catalog`]) the agent's own
+//! evaluator uses too.
 //!
 //! Every range window is at least 4 × a 60 s scrape interval, so the rules work whatever the
 //! scrape interval, on Prometheus 2 and 3 (left-open windows) and on AMP.
@@ -15,199 +14,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::HumanDuration;
-use crate::stats::Allowance;
-
-/// Where each alert's `runbook_url` points: a section of docs/runbooks.md, named after the
-/// alert in lower case.
-pub const RUNBOOK_BASE: &str = "https://github.com/enawatch/enawatch/blob/main/docs/runbooks.md";
-
-/// How urgent an alert is (its `severity` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    /// Breaks traffic now: pages.
-    Critical,
-    /// Degrades or will break traffic: a ticket, a chat message.
-    Warning,
-    /// Worth knowing; no action needed now.
-    Info,
-}
-
-impl Severity {
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Critical => "critical",
-            Self::Warning => "warning",
-            Self::Info => "info",
-        }
-    }
-}
-
-/// An alert on one allowance: throttled for at least `min_throttled` within `window`.
-///
-/// Throttled time (`ena_allowance_exceeded_seconds_total`) rather than a packet rate: it does
-/// not depend on the scrape interval, a single short burst stays under the threshold, and
-/// bursts that recur every few minutes keep the windowed sum over it, so they make one
-/// continuous alert instead of a flapping one.
-#[derive(Clone, Copy, Debug)]
-pub struct AllowanceAlert {
-    /// Alert name (the AWS guide's names, which users already route and silence on).
-    pub name: &'static str,
-    /// Which allowance.
-    pub allowance: Allowance,
-    /// Severity of this threshold.
-    pub severity: Severity,
-    /// Fires when throttled at least this long within `window`.
-    pub min_throttled: Duration,
-    /// Look-back window.
-    pub window: Duration,
-    /// How long the condition must hold before firing.
-    pub hold: Duration,
-    /// How long to keep firing after the condition clears.
-    pub keep_firing: Duration,
-    /// What it means, one line.
-    pub summary: &'static str,
-    /// What is happening and what breaks.
-    pub impact: &'static str,
-}
-
-const WINDOW: Duration = Duration::from_secs(15 * 60);
-const HOLD: Duration = Duration::from_secs(60);
-const KEEP_FIRING: Duration = Duration::from_secs(5 * 60);
-
-const fn alert(
-    name: &'static str,
-    allowance: Allowance,
-    severity: Severity,
-    min_seconds: u64,
-    summary: &'static str,
-    impact: &'static str,
-) -> AllowanceAlert {
-    AllowanceAlert {
-        name,
-        allowance,
-        severity,
-        min_throttled: Duration::from_secs(min_seconds),
-        window: WINDOW,
-        hold: HOLD,
-        keep_firing: KEEP_FIRING,
-        summary,
-        impact,
-    }
-}
-
-const LINKLOCAL: &str =
-    "Packets to link-local services (the VPC DNS resolver, instance metadata, Time Sync) \
-     are being dropped: pods on this node see DNS timeouts (EAI_AGAIN, UnknownHostException).";
-const PPS: &str = "Packets over the instance's packets-per-second allowance are being queued or dropped \
-     (this counter also includes drops from the per-ENI egress-fragment limit).";
-const BW_IN: &str = "Inbound traffic over the instance's bandwidth allowance is being queued or dropped.";
-const BW_OUT: &str = "Outbound traffic over the instance's bandwidth allowance is being queued or dropped.";
-const CONNTRACK: &str =
-    "The instance's connection-tracking allowance is exhausted: new connections are dropped.";
-
-/// The allowance alerts. Names are shared by a warning and a critical threshold where both
-/// exist; Alertmanager inhibits the warning while the critical fires on the same device.
-pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
-    alert(
-        "LinkLocalAllowanceExceeded",
-        Allowance::Linklocal,
-        Severity::Warning,
-        10,
-        "Link-local (DNS) packets dropped",
-        LINKLOCAL,
-    ),
-    alert(
-        "LinkLocalAllowanceExceeded",
-        Allowance::Linklocal,
-        Severity::Critical,
-        120,
-        "Link-local (DNS) packets dropped",
-        LINKLOCAL,
-    ),
-    alert(
-        "PPSAllowanceExceeded",
-        Allowance::Pps,
-        Severity::Warning,
-        30,
-        "Packets-per-second allowance exceeded",
-        PPS,
-    ),
-    alert(
-        "PPSAllowanceExceeded",
-        Allowance::Pps,
-        Severity::Critical,
-        300,
-        "Packets-per-second allowance exceeded",
-        PPS,
-    ),
-    alert(
-        "BWInAllowanceExceeded",
-        Allowance::BwIn,
-        Severity::Warning,
-        60,
-        "Inbound bandwidth allowance exceeded",
-        BW_IN,
-    ),
-    alert(
-        "BWInAllowanceExceeded",
-        Allowance::BwIn,
-        Severity::Critical,
-        450,
-        "Inbound bandwidth allowance exceeded",
-        BW_IN,
-    ),
-    alert(
-        "BWOutAllowanceExceeded",
-        Allowance::BwOut,
-        Severity::Warning,
-        60,
-        "Outbound bandwidth allowance exceeded",
-        BW_OUT,
-    ),
-    alert(
-        "BWOutAllowanceExceeded",
-        Allowance::BwOut,
-        Severity::Critical,
-        450,
-        "Outbound bandwidth allowance exceeded",
-        BW_OUT,
-    ),
-    alert(
-        "ConntrackAllowanceExceeded",
-        Allowance::Conntrack,
-        Severity::Critical,
-        10,
-        "Connection-tracking allowance exhausted",
-        CONNTRACK,
-    ),
-];
-
-/// `LinkLocalBudgetNearlyExhausted`: the 99th-percentile second of the window used more than
-/// this share of the 1024/s link-local budget...
-pub const BUDGET_RATIO: f64 = 0.8;
-/// ...over this window...
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// ...held this long.
-pub const BUDGET_HOLD: Duration = Duration::from_secs(5 * 60);
-
-/// `ConntrackAllowanceLow` fires below this many connections of headroom...
-pub const CONNTRACK_LOW: u64 = 10_000;
-/// ...held this long.
-pub const CONNTRACK_LOW_HOLD: Duration = Duration::from_secs(5 * 60);
+use crate::alerts::catalog::{
+    AllowanceAlert, Severity, ALLOWANCE_ALERTS, BUDGET_HOLD, BUDGET_RATIO, BUDGET_WINDOW, CONNTRACK_LOW,
+    CONNTRACK_LOW_HOLD, KEEP_FIRING, RUNBOOK_BASE,
+};
+use crate::base::HumanDuration;
 
 impl AllowanceAlert {
-    /// The PromQL condition.
-    pub fn expr(&self) -> String {
-        format!(
-            "increase(ena_allowance_exceeded_seconds_total{{allowance=\"{}\"}}[{}]) >= {}",
-            self.allowance.label(),
-            HumanDuration(self.window),
-            self.min_throttled.as_secs()
-        )
-    }
-
     fn rule(&self) -> Rule {
         let window = HumanDuration(self.window);
         Rule::alert(self.name, self.expr())
@@ -365,7 +178,7 @@ fn allowances() -> Vec<Rule> {
             format!(
                 "histogram_quantile(0.99, rate(ena_linklocal_packets_per_second_bucket[{}])) > {}",
                 HumanDuration(BUDGET_WINDOW),
-                BUDGET_RATIO * crate::linklocal::BUDGET_PPS
+                BUDGET_RATIO * crate::source::linklocal::BUDGET_PPS
             ),
         )
         .hold(BUDGET_HOLD)
@@ -682,7 +495,7 @@ mod tests {
                 let mut rest = rule.expr.as_str();
                 while let Some(open) = rest.find('[') {
                     let close = rest[open..].find(']').expect("closed") + open;
-                    let d = crate::config::parse_duration(&rest[open + 1..close]).expect("duration");
+                    let d = crate::base::parse_duration(&rest[open + 1..close]).expect("duration");
                     assert!(d >= Duration::from_secs(240), "{}: window {d:?}", rule.expr);
                     rest = &rest[close..];
                 }

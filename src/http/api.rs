@@ -15,11 +15,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::analysis::{episodes, recent, rfc3339, Episode};
+use crate::base::allowance::Allowance;
+use crate::base::time::rfc3339;
+use crate::history::windows::{episodes, recent, Episode};
 use crate::history::{DeviceState, Point, Snapshot};
 use crate::http::AppState;
 use crate::metrics::{REVISION, VERSION};
-use crate::stats::Allowance;
 
 /// The API and page routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -132,7 +133,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         version: VERSION,
         revision: REVISION,
         source: state.source.clone(),
-        node: crate::alerts::notify::node_name(),
+        node: crate::base::node_name(),
         interval_seconds: state.metrics.interval.as_secs_f64(),
         history_seconds: state.history.as_secs_f64(),
         started: rfc3339(state.started_ms),
@@ -370,7 +371,7 @@ async fn dns(State(state): State<Arc<AppState>>) -> Response {
         .into_response();
     };
     let report =
-        analysis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report(crate::sampler::wall_ms());
+        analysis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report(crate::base::wall_ms());
     Json(json!({ "enabled": true, "report": report })).into_response()
 }
 

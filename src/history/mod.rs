@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use crate::sampler::counters::DeviceCounters;
+use serde::Serialize;
+
 use crate::source::{Device, ReadError, Schema};
+
+pub mod windows;
 
 /// Everything known after one tick. Never modified once published.
 #[derive(Debug)]
@@ -30,7 +33,7 @@ pub struct Snapshot {
     /// The source has no more samples (a replay reached its end): this snapshot is final.
     pub finished: bool,
     /// Local alerts: pending and firing, then recently resolved.
-    pub alerts: Vec<crate::alerts::Alert>,
+    pub alerts: Vec<Alert>,
 }
 
 impl Snapshot {
@@ -80,7 +83,7 @@ pub const LINKLOCAL_BUCKETS: [f64; 12] =
 /// The link-local meter's view of one device.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LinkLocal {
-    /// Packets sent to each service (by [`Service::index`](crate::linklocal::Service::index)).
+    /// Packets sent to each service (by [`Service::index`](crate::source::linklocal::Service::index)).
     pub packets: [u64; 3],
     /// Sampling intervals by their rate (all services), cumulative per bucket as exported.
     pub buckets: [u64; 12],
@@ -291,6 +294,93 @@ impl Store {
     pub fn read_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
         f(&self.history.read().unwrap_or_else(PoisonError::into_inner))
     }
+}
+
+/// The agent's counters for one device: what `/metrics` exports, and the bookkeeping the
+/// counter semantics (`sampler::counters`) keep between samples.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceCounters {
+    /// Last accepted driver value per counter: the baseline of the next delta. Kept while
+    /// a stat is missing, so one that comes back continues rather than starting over.
+    pub(crate) baseline: [Option<u64>; 5],
+    /// A value held back as implausible, by counter, until the next sample says which of it
+    /// and the baseline the driver continues from.
+    pub(crate) suspect: [Option<u64>; 5],
+    pub(crate) last_at_ms: Option<i64>,
+    /// The previous sample was held back as the all-zero glitch.
+    pub(crate) held_back: bool,
+    /// The exported packet counters (`ena_allowance_exceeded_packets_total`).
+    pub packets: [u64; 5],
+    /// The exported throttled seconds (`ena_allowance_exceeded_seconds_total`).
+    pub seconds: [f64; 5],
+    /// Which counters the driver reports in the latest sample.
+    pub supported: [bool; 5],
+    /// Last good `conntrack_allowance_available` (never the glitch's zero).
+    pub available: Option<u64>,
+    /// Whether the driver reports `conntrack_allowance_available` in the latest sample.
+    pub available_supported: bool,
+}
+
+/// Where an alert is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The condition holds, for less than `for` so far.
+    Pending,
+    /// Firing.
+    Firing,
+    /// Was firing, no longer.
+    Resolved,
+}
+
+impl State {
+    /// The `alertstate` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert instance: a rule on a device (or on the instance).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    /// Alert name.
+    pub name: &'static str,
+    /// `critical`, `warning` or `info`.
+    pub severity: &'static str,
+    /// The device, for per-device alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The allowance, for allowance alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<&'static str>,
+    /// Current state.
+    pub state: State,
+    /// The condition's value at the last evaluation (throttled seconds, or headroom).
+    pub value: f64,
+    /// When the condition started to hold (RFC 3339).
+    pub active_since: String,
+    /// When it started firing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firing_since: Option<String>,
+    /// When it resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    /// One line.
+    pub summary: String,
+    /// What is happening.
+    pub description: String,
+    /// Where to read what to do.
+    pub runbook_url: String,
+    /// When the condition started to hold, Unix milliseconds (the evaluator's bookkeeping).
+    #[serde(skip)]
+    pub(crate) active_ms: i64,
+    /// When the condition last held, Unix milliseconds (the evaluator's bookkeeping).
+    #[serde(skip)]
+    pub(crate) last_true_ms: i64,
 }
 
 #[cfg(test)]

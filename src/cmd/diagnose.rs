@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::analysis::advice;
-use crate::cli::{DiagnoseArgs, Failure, ReportFormat};
-use crate::config::{parse_duration, Settings};
-use crate::dns::{DnsReport, DnsStats};
+use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
+use crate::base::parse_duration;
+use crate::cmd::analyze::advice;
+use crate::cmd::cli::{DiagnoseArgs, Failure, ReportFormat};
+use crate::cmd::runtime::Running;
+use crate::config::Settings;
 use crate::history::Point;
-use crate::linklocal::BUDGET_PPS;
-use crate::serve::Running;
+use crate::source::dns::{DnsReport, DnsStats};
+use crate::source::linklocal::BUDGET_PPS;
 use crate::source::live::{LiveSource, Selection};
-use crate::stats::{Allowance, ALLOWANCE_STATS};
 use crate::sys::packet::{PacketSocket, Ring};
 use crate::sys::{self, Ethtool, IfName};
 
@@ -122,7 +123,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
         .collect();
 
     // Everything the process may open: the capture sockets need CAP_NET_RAW.
-    let can_capture = PacketSocket::open(0, &crate::dns::program(), Ring::METER).is_ok();
+    let can_capture = PacketSocket::open(0, &crate::source::dns::program(), Ring::METER).is_ok();
     if !can_capture {
         not_checked.push(
             "link-local rate and DNS clients: opening packet sockets needs CAP_NET_RAW (run as root or add the capability)"
@@ -196,7 +197,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
             .push("allowances: the watched devices' drivers report no allowance statistics".to_owned());
     }
     let resolver = resolver(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &interfaces);
-    let dns = dns.map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).report(crate::sampler::wall_ms()));
+    let dns = dns.map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).report(crate::base::wall_ms()));
 
     let mut verdict = Vec::new();
     let mut throttled = false;

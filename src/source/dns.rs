@@ -440,7 +440,7 @@ pub struct ClientReport {
     pub amplification: Option<Amplification>,
     /// The pod at this address, with pod attribution on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<crate::k8s::PodRef>,
+    pub pod: Option<crate::source::pods::PodRef>,
 }
 
 /// Search-path amplification of one client.

@@ -235,17 +235,17 @@ mod tests {
 
     #[test]
     fn the_shared_ena_fixtures_parse() {
-        let full = one(include_str!("../tests/data/ena-6.12-4q-synthetic.ethtool-S.txt"));
+        let full = one(include_str!("../../tests/data/ena-6.12-4q-synthetic.ethtool-S.txt"));
         let stats = &full.samples[0].devices[0].stats;
         assert_eq!(stats.len(), 160);
         assert!(stats.contains(&("linklocal_allowance_exceeded".into(), 1893)));
         assert!(stats.iter().any(|(n, _)| n == "queue_3_rx_rx_copybreak_pkt"), "quirky names survive");
         // The AWS documentation's excerpt: no header, space-indented.
-        let docs = one(include_str!("../tests/data/ena-allowances-aws-docs-excerpt.txt"));
+        let docs = one(include_str!("../../tests/data/ena-allowances-aws-docs-excerpt.txt"));
         let names: Vec<&str> = docs.samples[0].devices[0].stats.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, crate::stats::ALLOWANCE_STATS);
+        assert_eq!(names, crate::base::allowance::ALLOWANCE_STATS);
         // ENA Express excerpt: tab-indented, with the header.
-        let srd = one(include_str!("../tests/data/ena-srd-aws-docs-excerpt.txt"));
+        let srd = one(include_str!("../../tests/data/ena-srd-aws-docs-excerpt.txt"));
         assert_eq!(srd.samples[0].devices[0].stats[0], ("ena_srd_mode".into(), 1));
     }
 

@@ -14,13 +14,14 @@ use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::style::{Attribute, Color, SetAttribute, SetForegroundColor};
 use crossterm::{cursor, execute, queue, terminal};
 
-use crate::analysis::{recent, rfc3339, Recent};
-use crate::cli::{Failure, TopArgs};
+use crate::base::allowance::Allowance;
+use crate::base::time::rfc3339;
+use crate::cmd::cli::{Failure, TopArgs};
+use crate::cmd::runtime::{build_source, Running};
 use crate::config::Settings;
-use crate::dns::DnsStats;
+use crate::history::windows::{recent, Recent};
 use crate::history::{Point, Store};
-use crate::serve::{build_source, Running};
-use crate::stats::Allowance;
+use crate::source::dns::DnsStats;
 
 /// One line of the table.
 struct Row {
@@ -36,7 +37,7 @@ impl Row {
     /// 80% of the budget).
     fn hot(&self) -> bool {
         if self.allowance == "ll-budget" {
-            return self.recent.pps > 0.8 * crate::linklocal::BUDGET_PPS;
+            return self.recent.pps > 0.8 * crate::source::linklocal::BUDGET_PPS;
         }
         self.recent.pps > 0.0
     }
@@ -81,7 +82,7 @@ struct View<'a> {
 /// The busiest DNS clients, one line each (with the DNS analysis on).
 fn dns_lines(dns: Option<&Arc<Mutex<DnsStats>>>) -> Vec<String> {
     let Some(dns) = dns else { return Vec::new() };
-    let report = dns.lock().unwrap_or_else(PoisonError::into_inner).report(crate::sampler::wall_ms());
+    let report = dns.lock().unwrap_or_else(PoisonError::into_inner).report(crate::base::wall_ms());
     let mut lines = vec![format!("DNS CLIENT                                 Q/S  NXDOMAIN  SEARCH PATH")];
     for c in report.clients.iter().take(5) {
         let amp = c.amplification.as_ref().map_or_else(String::new, |a| {

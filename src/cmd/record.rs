@@ -7,11 +7,12 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tracing::warn;
 
-use crate::capture::{self, CapturedDevice, CapturedSample};
-use crate::cli::{Failure, RecordArgs};
-use crate::config::{parse_duration, Settings};
-use crate::sampler::wall_ms;
-use crate::serve::termination;
+use crate::base::parse_duration;
+use crate::base::wall_ms;
+use crate::cmd::cli::{Failure, RecordArgs};
+use crate::cmd::runtime::termination;
+use crate::config::Settings;
+use crate::source::capture::{self, CapturedDevice, CapturedSample};
 use crate::source::live::{LiveSource, Selection};
 use crate::source::{Event, Reading, Sample, Source};
 

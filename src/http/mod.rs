@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+pub mod api;
+
 use crate::history::Store;
 use crate::metrics::{self, encode::Format, Options};
 
@@ -37,17 +39,14 @@ pub struct AppState {
     /// History kept per device.
     pub history: Duration,
     /// The DNS analysis, when on.
-    pub dns: Option<Arc<std::sync::Mutex<crate::dns::DnsStats>>>,
+    pub dns: Option<Arc<std::sync::Mutex<crate::source::dns::DnsStats>>>,
     /// This node's pods by address, when pod attribution is on.
-    pub pods: Option<Arc<std::sync::Mutex<crate::k8s::Pods>>>,
+    pub pods: Option<Arc<std::sync::Mutex<crate::source::pods::Pods>>>,
 }
 
 /// Builds the HTTP application.
 pub fn app(state: Arc<AppState>) -> Router {
-    crate::api::routes()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .with_state(state)
+    api::routes().route("/metrics", get(metrics_handler)).route("/healthz", get(healthz)).with_state(state)
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::sigv4;
+use crate::base::time::parse_rfc3339;
 
 /// Temporary or long-lived AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -191,7 +192,7 @@ fn readable(var: &str, path: &std::path::Path) -> Result<(), String> {
 
 /// `enawatch-<node>`, within STS's 64 characters of `[\w+=,.@-]`.
 fn default_session_name() -> String {
-    let node: String = crate::alerts::notify::node_name()
+    let node: String = crate::base::node_name()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
         .collect();
@@ -262,7 +263,7 @@ impl Provider {
 
     /// Credentials valid for at least a while; fetched or refreshed when needed.
     pub async fn get(&self) -> Result<Credentials, String> {
-        let now = crate::sampler::wall_ms();
+        let now = crate::base::wall_ms();
         let mut state = self.state.lock().await;
         let remaining = |c: &Credentials| c.expires_ms.map_or(i64::MAX, |e| e - now);
         let refresh_ms = i64::try_from(REFRESH_BEFORE.as_millis()).unwrap_or(i64::MAX);
@@ -488,41 +489,6 @@ fn xml_value(xml: &str, name: &str) -> Option<String> {
             .replace("&apos;", "'")
             .replace("&amp;", "&"),
     )
-}
-
-/// Unix milliseconds of an RFC 3339 UTC time such as `2026-11-01T12:00:00Z` (fractions and
-/// `+00:00` accepted).
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let bad = || format!("{s:?} is not an RFC 3339 UTC time");
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    let mut ms = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
-        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
-        ms = padded.parse::<i64>().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    if !matches!(rest, "Z" | "z" | "+00:00" | "-00:00") {
-        return Err(bad());
-    }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return Err(bad());
-    }
-    let days = sigv4::days_from_civil(year, month, day);
-    Ok(((days * 24 + h) * 60 + m) * 60_000 + sec * 1000 + ms)
 }
 
 #[cfg(test)]
