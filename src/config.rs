@@ -124,7 +124,7 @@ fn parse_eni_flag(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not DEVICE=ENI, e.g. ens6=eni-0123456789abcdef0"))
 }
 
-#[allow(clippy::ptr_arg)] // serde's `serialize_with` passes the field as it is
+#[expect(clippy::ptr_arg, reason = "serde's `serialize_with` passes the field as it is")]
 fn eni_map_out<S: serde::Serializer>(v: &Vec<(String, String)>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(v.iter().map(|(k, v)| (k, v)))
 }
@@ -174,8 +174,6 @@ pub struct Config {
     pub remote_write: Vec<crate::remote_write::Endpoint>,
 }
 
-/// The shortest interval accepted.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Most history points a device may keep (one day at 100 ms, ~4 MB per device).
 const MAX_HISTORY_POINTS: u128 = 864_000;
 
@@ -224,7 +222,7 @@ impl Settings {
             problem: "is not an address and port, e.g. 0.0.0.0:9417 or [::]:9417".into(),
         })?;
         let interval = duration("interval", self.interval.as_deref(), "1s")?;
-        if interval < MIN_INTERVAL {
+        if interval < crate::sampler::MIN_INTERVAL {
             return Err(invalid("interval", self.interval.as_deref(), "is below the minimum of 100ms"));
         }
         let history = duration("history", self.history.as_deref(), "15m")?;

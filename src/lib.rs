@@ -6,6 +6,7 @@
 //! ```text
 //! base        time, durations, the field error, the node name, the allowance vocabulary
 //! sys         the kernel boundary: SIOCETHTOOL, AF_PACKET, netlink (all the unsafe code)
+//! outbound    the one HTTP client: builder, backoff with jitter, retry classification, Retry-After
 //! aws         SigV4 and the AWS credential chain
 //! source      live | replay | simulate, and what feeds them: the capture format, the
 //!   │         link-local meter, DNS analysis, pod attribution
@@ -24,17 +25,18 @@
 //! cmd         the subcommands and the runtime they share
 //! ```
 
-pub mod alerts;
-pub mod aws;
 pub mod base;
-pub mod cmd;
-pub mod config;
-pub mod generate;
-pub mod history;
-pub mod http;
-pub mod metrics;
-pub mod remote_write;
-pub mod sampler;
-pub mod source;
 #[expect(unsafe_code, reason = "the kernel boundary: every unsafe block is here and says why")]
 pub mod sys;
+pub mod outbound;
+pub mod aws;
+pub mod source;
+pub mod history;
+pub mod sampler;
+pub mod metrics;
+pub mod http;
+pub mod alerts;
+pub mod remote_write;
+pub mod config;
+pub mod generate;
+pub mod cmd;

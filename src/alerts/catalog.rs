@@ -175,6 +175,8 @@ pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
     ),
 ];
 
+/// The alert on link-local headroom: fires before the allowance is exceeded.
+pub const BUDGET_ALERT: &str = "LinkLocalBudgetNearlyExhausted";
 /// `LinkLocalBudgetNearlyExhausted`: the 99th-percentile second of the window used more than
 /// this share of the 1024/s link-local budget...
 pub const BUDGET_RATIO: f64 = 0.8;
@@ -183,6 +185,8 @@ pub const BUDGET_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// ...held this long.
 pub const BUDGET_HOLD: Duration = Duration::from_secs(5 * 60);
 
+/// The alert on conntrack headroom.
+pub const CONNTRACK_LOW_ALERT: &str = "ConntrackAllowanceLow";
 /// `ConntrackAllowanceLow` fires below this many connections of headroom...
 pub const CONNTRACK_LOW: u64 = 10_000;
 /// ...held this long.

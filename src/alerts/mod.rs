@@ -92,7 +92,7 @@ pub fn default_rules() -> Vec<LocalRule> {
         })
         .collect();
     out.push(LocalRule {
-        name: "LinkLocalBudgetNearlyExhausted",
+        name: catalog::BUDGET_ALERT,
         severity: Severity::Warning,
         condition: Condition::LinkLocalBudget {
             ratio: catalog::BUDGET_RATIO,
@@ -104,7 +104,7 @@ pub fn default_rules() -> Vec<LocalRule> {
         impact: "EC2 drops link-local packets (DNS, IMDS, Time Sync) beyond 1024 a second per ENI.",
     });
     out.push(LocalRule {
-        name: "ConntrackAllowanceLow",
+        name: catalog::CONNTRACK_LOW_ALERT,
         severity: Severity::Warning,
         condition: Condition::ConntrackBelow { below: catalog::CONNTRACK_LOW },
         hold: catalog::CONNTRACK_LOW_HOLD,
@@ -212,7 +212,7 @@ impl Evaluator {
 
     /// Evaluates every rule at the snapshot's time; returns the alerts that started firing
     /// or resolved.
-    #[allow(clippy::too_many_lines)] // every rule kind, then the state machine, in one pass
+    #[expect(clippy::too_many_lines, reason = "every rule kind, then the state machine, in one pass")]
     pub fn evaluate(&mut self, snapshot: &Snapshot, history: &History) -> Vec<Transition> {
         let now = snapshot.at_ms;
         // (rule, device, allowance, value, condition holds)
@@ -450,41 +450,39 @@ mod tests;
 mod incremental_equivalence {
     use super::*;
 
-    #[test]
-    fn incremental_throttled_seconds_equal_a_full_scan() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for capacity in [1, 2, 5, 30] {
+    use proptest::prelude::*;
+
+    /// One point: the gap since the previous one, packets per allowance (mostly none), and
+    /// whether it is a held-back glitch.
+    fn point() -> impl Strategy<Value = (i64, [u32; 5], bool)> {
+        let added = prop_oneof![3 => Just(0u32), 1 => 0u32..50];
+        (
+            500i64..2500,
+            [added.clone(), added.clone(), added.clone(), added.clone(), added],
+            prop::bool::weighted(0.1),
+        )
+    }
+
+    proptest! {
+        // Failing cases are saved under proptest-regressions/ and replayed first.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn incremental_throttled_seconds_equal_a_full_scan(
+            capacity in prop_oneof![Just(1usize), Just(2), Just(5), Just(30)],
+            // Sometimes several points arrive between two evaluations.
+            batches in prop::collection::vec(prop::collection::vec(point(), 1..4), 1..150),
+        ) {
             let mut h = History::new(capacity);
             let mut t = Throttling::default();
             let mut scratch = Vec::new();
             let mut at = 1_000i64;
-            for _ in 0..400 {
-                // Sometimes several points arrive between two evaluations.
-                for _ in 0..=(rand() % 3) {
-                    at += 500 + i64::try_from(rand() % 2000).unwrap();
-                    let mut added = [0u32; 5];
-                    for a in &mut added {
-                        if rand() % 4 == 0 {
-                            *a = u32::try_from(rand() % 50).unwrap();
-                        }
-                    }
-                    let flags = if rand() % 10 == 0 { Point::GLITCH } else { 0 };
-                    h.push(
-                        "d",
-                        Point {
-                            at_ms: at,
-                            added,
-                            available: Point::NO_VALUE,
-                            flags,
-                            linklocal: Point::NO_VALUE,
-                        },
-                    );
+            for batch in batches {
+                for (gap, added, glitch) in batch {
+                    at += gap;
+                    let flags = if glitch { Point::GLITCH } else { 0 };
+                    let point = Point { at_ms: at, added, available: Point::NO_VALUE, flags, linklocal: Point::NO_VALUE };
+                    h.push("d", point);
                 }
                 t.update(&h, "d", &mut scratch);
                 let owned: Vec<Point> = h.points("d").collect();
@@ -492,9 +490,9 @@ mod incremental_equivalence {
                 for a in Allowance::ALL {
                     for since in [0, at - 10_000, at - 3_000, at] {
                         let want = throttled_seconds(&points, a, since);
-                        assert!(
+                        prop_assert!(
                             (t.seconds(a, since) - want).abs() < 1e-9,
-                            "cap {capacity} at {at} since {since}"
+                            "cap {} at {} since {}", capacity, at, since
                         );
                     }
                 }

@@ -4,7 +4,8 @@
 //! The sampler offers each transition (firing, resolved) without waiting: a bounded channel
 //! that drops and counts what does not fit. Each receiver has its own worker and its own
 //! bounded queue and sends in order, one notification at a time: a receiver that is down is
-//! retried with exponential backoff and jitter (network errors, 5xx, 429), its queue keeps
+//! retried with exponential backoff and jitter, or after its `Retry-After` (network errors,
+//! 5xx, 429: the policy of [`crate::outbound`], shared with remote write), its queue keeps
 //! the newest notifications and counts the oldest it had to drop, and nothing it does can
 //! delay sampling or another receiver. Receiver URLs are secrets (Slack's carries its token):
 //! they come from the config, a file or the environment, and are never logged.
@@ -26,6 +27,7 @@ use crate::base::time::rfc3339;
 use crate::base::ConfigError;
 use crate::history::{Alert, State};
 use crate::metrics::telemetry::ReceiverStats;
+use crate::outbound::{self, Backoff, Class, ClientOptions};
 
 /// A receiver as written in the config file (`alerts.receivers`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -149,8 +151,11 @@ impl Handle {
 
 /// Per-receiver queue capacity.
 const QUEUE: usize = 1024;
-/// Longest wait between two retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Waits between retries: from 1 s, doubling, at most 60 s.
+const BACKOFF: Backoff = match Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 2.0) {
+    Ok(b) => b,
+    Err(_) => panic!("the notifiers' backoff is valid"),
+};
 /// How often Alertmanager hears again about a firing alert (it resolves alerts it stops
 /// hearing about), and how far ahead each post sets `endsAt`.
 const AM_RESEND: Duration = Duration::from_secs(60);
@@ -188,9 +193,7 @@ struct Queue {
 impl Notifier {
     /// Runs until the sampler side is dropped.
     pub async fn run(mut self) {
-        // rustls needs one process-wide crypto provider; a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        let client = match ClientOptions::new().timeout(Duration::from_secs(10)).build() {
             Ok(c) => c,
             Err(err) => {
                 warn!(error = %err, "cannot build the HTTP client; notifications are off");
@@ -253,7 +256,6 @@ impl Worker {
         let mut firing: BTreeMap<(String, String, Option<String>), Alert> = BTreeMap::new();
         let mut resend = tokio::time::interval(AM_RESEND);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seed = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
         loop {
             let next = queue.items.lock().unwrap_or_else(PoisonError::into_inner).front().cloned();
             let Some(t) = next else {
@@ -261,7 +263,7 @@ impl Worker {
                     () = queue.ready.notified() => {}
                     _ = resend.tick(), if self.receiver.kind == Kind::Alertmanager && !firing.is_empty() => {
                         let alerts: Vec<Alert> = firing.values().cloned().collect();
-                        self.deliver(&self.alertmanager_body(&alerts), &mut seed, None).await;
+                        self.deliver(&self.alertmanager_body(&alerts), None).await;
                     }
                 }
                 continue;
@@ -279,7 +281,7 @@ impl Worker {
                     Kind::Alertmanager => self.alertmanager_body(std::slice::from_ref(&t.alert)),
                     Kind::Slack => self.slack_body(&t),
                 };
-                self.deliver(&body, &mut seed, Some(&queue)).await;
+                self.deliver(&body, Some(&queue)).await;
             }
             let mut items = queue.items.lock().unwrap_or_else(PoisonError::into_inner);
             items.pop_front();
@@ -288,8 +290,8 @@ impl Worker {
     }
 
     /// Sends until delivered or rejected, backing off between attempts.
-    async fn deliver(&self, body: &serde_json::Value, seed: &mut u64, queue: Option<&Queue>) {
-        let mut backoff = Duration::from_secs(1);
+    async fn deliver(&self, body: &serde_json::Value, queue: Option<&Queue>) {
+        let mut retries = BACKOFF.retries(self.index as u64);
         let mut failing = false;
         loop {
             match self.attempt(body).await {
@@ -311,16 +313,7 @@ impl Worker {
                         warn!(receiver = %self.receiver.name, reason = %why, "cannot notify; retrying with backoff");
                         failing = true;
                     }
-                    // Full jitter on top of the exponential step, so many agents that lost the
-                    // same receiver do not come back in lockstep.
-                    *seed ^= *seed << 13;
-                    *seed ^= *seed >> 7;
-                    *seed ^= *seed << 17;
-                    let jitter = Duration::from_millis(
-                        *seed % (u64::try_from(backoff.as_millis()).unwrap_or(1000) + 1),
-                    );
-                    tokio::time::sleep(after.unwrap_or(backoff / 2 + jitter / 2)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(retries.next_wait(after)).await;
                     if let Some(q) = queue {
                         let len = q.items.lock().unwrap_or_else(PoisonError::into_inner).len();
                         self.stats().queued.store(len as u64, Ordering::Relaxed);
@@ -339,22 +332,25 @@ impl Worker {
         match self.client.post(url).json(body).send().await {
             Ok(resp) => {
                 let status = resp.status();
-                if status.is_success() {
-                    Outcome::Delivered
-                } else if status.as_u16() == 429 || status.is_server_error() {
-                    let after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s.min(300)));
-                    Outcome::Retry(format!("HTTP {status}"), after)
-                } else {
-                    Outcome::Rejected(format!("HTTP {status}"))
+                match outbound::classify_status(status) {
+                    Class::Success => Outcome::Delivered,
+                    Class::Retry => Outcome::Retry(
+                        format!("HTTP {status}"),
+                        outbound::retry_after(resp.headers(), crate::base::wall_ms()),
+                    ),
+                    Class::Drop => Outcome::Rejected(format!("HTTP {status}")),
                 }
             }
             // reqwest's errors carry the URL; without_url keeps the secret out of the log.
-            Err(err) => Outcome::Retry(err.without_url().to_string(), None),
+            Err(err) => {
+                let class = outbound::classify_error(&err);
+                let why = err.without_url().to_string();
+                if class == Class::Retry {
+                    Outcome::Retry(why, None)
+                } else {
+                    Outcome::Rejected(why)
+                }
+            }
         }
     }
 

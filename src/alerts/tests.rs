@@ -154,8 +154,27 @@ fn bad_overrides_name_the_entry_and_the_field() {
 
 #[test]
 fn local_rules_are_the_shipped_rules() {
-    // Same names, severities and parameters as the Prometheus rules (one definition).
-    for (local, shipped) in default_rules().iter().zip(catalog::ALLOWANCE_ALERTS.iter()) {
+    // Same names, severities and parameters as the Prometheus rules (one definition): every
+    // allowance alert, then exactly the two headroom alerts, and nothing else.
+    let local = default_rules();
+    assert_eq!(local.len(), catalog::ALLOWANCE_ALERTS.len() + 2, "{:?}", local.iter().map(|r| r.name));
+    let shipped_names = crate::generate::rules::alert_names();
+    for rule in &local {
+        assert!(shipped_names.iter().any(|n| n == rule.name), "{} is not a shipped alert", rule.name);
+    }
+    let (allowance_rules, extra) = local.split_at(catalog::ALLOWANCE_ALERTS.len());
+    let budget = &extra[0];
+    assert_eq!((budget.name, budget.severity), (catalog::BUDGET_ALERT, Severity::Warning));
+    assert_eq!(
+        budget.condition,
+        Condition::LinkLocalBudget { ratio: catalog::BUDGET_RATIO, window: catalog::BUDGET_WINDOW }
+    );
+    assert_eq!((budget.hold, budget.keep_firing), (catalog::BUDGET_HOLD, Duration::ZERO));
+    let conntrack = &extra[1];
+    assert_eq!((conntrack.name, conntrack.severity), (catalog::CONNTRACK_LOW_ALERT, Severity::Warning));
+    assert_eq!(conntrack.condition, Condition::ConntrackBelow { below: catalog::CONNTRACK_LOW });
+    assert_eq!((conntrack.hold, conntrack.keep_firing), (catalog::CONNTRACK_LOW_HOLD, Duration::ZERO));
+    for (local, shipped) in allowance_rules.iter().zip(catalog::ALLOWANCE_ALERTS.iter()) {
         assert_eq!((local.name, local.severity), (shipped.name, shipped.severity));
         assert_eq!(local.hold, shipped.hold);
         assert_eq!(local.keep_firing, shipped.keep_firing);

@@ -25,27 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::sigv4;
+use super::{sigv4, Credentials};
 use crate::base::time::parse_rfc3339;
-
-/// Temporary or long-lived AWS credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// `AKIA…` or `ASIA…`.
-    pub access_key_id: String,
-    /// The secret key.
-    pub secret_access_key: String,
-    /// The session token of temporary credentials.
-    pub session_token: Option<String>,
-    /// When temporary credentials expire, Unix milliseconds.
-    pub expires_ms: Option<i64>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({}, expires_ms: {:?})", self.access_key_id, self.expires_ms)
-    }
-}
+use crate::outbound::{ClientError, ClientOptions};
 
 /// Temporary credentials are replaced this long before they expire (what the AWS SDKs do).
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
@@ -243,12 +225,12 @@ impl Provider {
         assume_role: Option<String>,
         sts: reqwest::Url,
         region: String,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, ClientError> {
         // Short timeouts: IMDS answers in milliseconds or not at all (off EC2).
-        let client = reqwest::Client::builder()
+        let client = ClientOptions::new()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
+            .no_redirects()
             .build()?;
         Ok(Self { source, assume_role, sts, region, client, state: Mutex::new(State::default()) })
     }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use ring::{digest, hmac};
 
-use super::credentials::Credentials;
+use super::Credentials;
 use crate::base::time::civil_from_days;
 
 /// `YYYYMMDDTHHMMSSZ` and `YYYYMMDD` for Unix milliseconds.

@@ -98,7 +98,7 @@ fn resolver(resolv_conf: &str, interfaces: &[(String, String)]) -> Resolver {
 }
 
 /// Runs the diagnosis; `true` when it found throttling.
-#[allow(clippy::too_many_lines)] // one pass, read top to bottom: sample, then conclude
+#[expect(clippy::too_many_lines, reason = "one pass, read top to bottom: sample, then conclude")]
 pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
     let duration = parse_duration(args.duration.as_deref().unwrap_or("10s"))
         .map_err(|p| Failure::BadInput(format!("duration: {p}")))?;

@@ -131,7 +131,7 @@ pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
     let listener = bind(&config)?;
     let description = Scenario::load(scenario).map(|s| s.description).unwrap_or_default();
     let url = format!("http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
-    #[allow(clippy::print_stdout)] // the demo's directions are its output
+    #[expect(clippy::print_stdout, reason = "the demo's directions are its output")]
     {
         println!("enawatch demo: a simulated EC2 node, scenario {scenario}:");
         println!("  {description}\n");

@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::alerts::catalog::{
-    AllowanceAlert, Severity, ALLOWANCE_ALERTS, BUDGET_HOLD, BUDGET_RATIO, BUDGET_WINDOW, CONNTRACK_LOW,
-    CONNTRACK_LOW_HOLD, KEEP_FIRING, RUNBOOK_BASE,
+    AllowanceAlert, Severity, ALLOWANCE_ALERTS, BUDGET_ALERT, BUDGET_HOLD, BUDGET_RATIO, BUDGET_WINDOW,
+    CONNTRACK_LOW, CONNTRACK_LOW_ALERT, CONNTRACK_LOW_HOLD, KEEP_FIRING, RUNBOOK_BASE,
 };
 use crate::base::HumanDuration;
 
@@ -158,7 +158,7 @@ fn allowances() -> Vec<Rule> {
     let mut allowances: Vec<Rule> = ALLOWANCE_ALERTS.iter().map(AllowanceAlert::rule).collect();
     allowances.push(
         Rule::alert(
-            "ConntrackAllowanceLow",
+            CONNTRACK_LOW_ALERT,
             format!("min without (device, eni) (ena_conntrack_allowance_available) < {CONNTRACK_LOW}"),
         )
         .hold(CONNTRACK_LOW_HOLD)
@@ -170,11 +170,11 @@ fn allowances() -> Vec<Rule> {
              {{ $labels.node }}) before the instance's conntrack allowance is exhausted and new \
              connections are dropped.",
         )
-        .runbook("ConntrackAllowanceLow"),
+        .runbook(CONNTRACK_LOW_ALERT),
     );
     allowances.push(
         Rule::alert(
-            "LinkLocalBudgetNearlyExhausted",
+            BUDGET_ALERT,
             format!(
                 "histogram_quantile(0.99, rate(ena_linklocal_packets_per_second_bucket[{}])) > {}",
                 HumanDuration(BUDGET_WINDOW),
@@ -190,7 +190,7 @@ fn allowances() -> Vec<Rule> {
              send {{ $value | humanize }} packets per second to link-local services (DNS resolver, IMDS, \
              Time Sync), more than 80% of the 1024/s the ENI may send before EC2 drops them.",
         )
-        .runbook("LinkLocalBudgetNearlyExhausted"),
+        .runbook(BUDGET_ALERT),
     );
     allowances
 }
@@ -248,7 +248,7 @@ fn agent() -> Vec<Rule> {
     ]
 }
 
-#[allow(clippy::too_many_lines)] // a table, one entry per alert, read top to bottom
+#[expect(clippy::too_many_lines, reason = "a table, one entry per alert, read top to bottom")]
 fn coredns() -> Vec<Rule> {
     vec![
         Rule::alert("CoreDNSDown", "absent(up{job=\"kube-dns\"} == 1)")

@@ -227,7 +227,7 @@ impl<T: Sink + ?Sized> Sink for &mut T {
 
 /// Every family of a snapshot, in the contract's order: what each family holds is defined
 /// here once, for `/metrics` and for remote write.
-#[allow(clippy::too_many_lines)] // one family after another, in the contract's order
+#[expect(clippy::too_many_lines, reason = "one family after another, in the contract's order")]
 pub fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
     let mut families = NATIVE_FAMILIES.iter();
     let mut next = |e: &mut S| {
@@ -417,7 +417,7 @@ fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
     // name twice exports the first (node_exporter would fail the whole scrape instead).
     let mut families: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();
     for d in &snapshot.devices {
-        let names = d.schema.node_exporter_names();
+        let names = d.schema.node_exporter_names(compat::node_exporter_name);
         for &i in d.compat.iter() {
             let samples = families.entry(&names[i]).or_default();
             if samples.last().is_none_or(|(device, _, _)| *device != d.device.name) {

@@ -349,7 +349,7 @@ impl EndpointConfig {
             parse_duration(s).map_err(|p| bad(field, s, &p))
         };
         let resolution = duration("resolution", self.resolution.as_ref(), RESOLUTION)?;
-        if resolution < crate::config::MIN_INTERVAL {
+        if resolution < crate::sampler::MIN_INTERVAL {
             return Err(bad("resolution", self.resolution.as_deref().unwrap_or_default(), "is below 100ms"));
         }
         let batch_send_deadline =
@@ -688,8 +688,6 @@ impl Pusher {
 
     /// Spawns one sender per endpoint on the current runtime.
     pub fn spawn_senders(&self) {
-        // rustls needs one process-wide crypto provider; a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         for shared in &self.shared {
             let e = &shared.endpoint;
             info!(

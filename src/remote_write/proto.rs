@@ -16,12 +16,11 @@
 /// Appends `v` as a protobuf varint.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        // Truncation keeps the low seven bits, which is the point.
-        #[allow(clippy::cast_possible_truncation)]
+        #[expect(clippy::cast_possible_truncation, reason = "keeping the low seven bits is the point")]
         out.push((v as u8) | 0x80);
         v >>= 7;
     }
-    #[allow(clippy::cast_possible_truncation)]
+    #[expect(clippy::cast_possible_truncation, reason = "v < 0x80 here")]
     out.push(v as u8);
 }
 
@@ -32,7 +31,7 @@ fn varint_len(v: u64) -> usize {
 }
 
 /// An `int64` as its varint encodes it: two's complement (sample times are positive anyway).
-#[allow(clippy::cast_sign_loss)] // the reinterpretation is the encoding
+#[expect(clippy::cast_sign_loss, reason = "the reinterpretation is the encoding")]
 fn int64(v: i64) -> u64 {
     v as u64
 }
@@ -126,7 +125,7 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<DecodedSeries>, String> {
                         for (f, x) in fields(sample)? {
                             match (f, x) {
                                 (1, Field::Fixed64(bits)) => v = f64::from_bits(bits),
-                                #[allow(clippy::cast_possible_wrap)] // int64 on the wire
+                                #[expect(clippy::cast_possible_wrap, reason = "int64 on the wire")]
                                 (2, Field::Varint(t)) => ts = t as i64,
                                 _ => {}
                             }

@@ -1,11 +1,12 @@
 //! One endpoint's sender: takes batches from its queue, one at a time, and delivers each
 //! until the receiver accepts or rejects it.
 //!
-//! Network errors, 5xx and 429 are retried with exponential backoff and full jitter (so
+//! Network errors, 5xx and 429 are retried with exponential backoff and equal jitter (so
 //! agents that lost the same receiver do not come back in lockstep), waiting `Retry-After`
 //! instead when the receiver gives it. Any other 4xx means the receiver will never take the
 //! batch (bad labels, samples out of bounds): it is dropped, counted as `failed`, and logged
-//! with the receiver's reason. The same pattern as the alert notifiers (src/alerts/notify.rs).
+//! with the receiver's reason. The client, the backoff, the classification and `Retry-After`
+//! are [`crate::outbound`]'s, shared with the alert notifiers (src/alerts/notify.rs).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -18,9 +19,8 @@ use super::{proto, Auth, Shared};
 use crate::aws::credentials::Provider;
 use crate::aws::sigv4;
 use crate::metrics::VERSION;
+use crate::outbound::{self, Backoff, Class, ClientOptions};
 
-/// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// A receiver's rejections of the same kind are logged at most this often.
 const REJECTION_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -29,7 +29,8 @@ enum Outcome {
     Delivered,
     /// Worth another attempt: why, and how long the receiver asked to wait.
     Retry(String, Option<Duration>),
-    /// The receiver refused the batch for good: HTTP status and its reason.
+    /// The receiver refused the batch for good: HTTP status (0: the request could not be
+    /// made at all) and its reason.
     Rejected(u16, String),
 }
 
@@ -37,7 +38,7 @@ struct Sender {
     shared: Arc<Shared>,
     client: reqwest::Client,
     credentials: Option<Provider>,
-    seed: u64,
+    backoff: Backoff,
     /// Failing since, for the log line when it recovers.
     failing: Option<Instant>,
     /// The last rejection logged (status, when) and how many were not logged since.
@@ -48,16 +49,14 @@ struct Sender {
 /// Runs the sender of one endpoint until the runtime stops.
 pub(super) async fn run(shared: Arc<Shared>) {
     let e = &shared.endpoint;
-    let mut builder = reqwest::Client::builder()
+    let options = ClientOptions::new()
         .timeout(e.timeout)
         .connect_timeout(e.timeout.min(Duration::from_secs(10)))
         .user_agent(format!("enawatch/{VERSION}"))
         // A redirect would drop the body or break the signature: the URL must be the real one.
-        .redirect(reqwest::redirect::Policy::none());
-    if !e.ca.is_empty() {
-        builder = builder.tls_certs_merge(e.ca.iter().cloned());
-    }
-    let client = match builder.build() {
+        .no_redirects()
+        .extra_roots(e.ca.iter().cloned());
+    let client = match options.build() {
         Ok(c) => c,
         Err(err) => {
             warn!(endpoint = %e.name, error = %err, "cannot build the HTTP client; remote write to this endpoint is off");
@@ -76,13 +75,19 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         _ => None,
     };
-    let seed = (u64::from(std::process::id()) << 16 ^ shared.index as u64 ^ 0x9e37_79b9_7f4a_7c15)
-        .wrapping_mul(u64::try_from(crate::base::wall_ms()).unwrap_or(1) | 1);
+    // The config checked both bounds (positive, max at least min): this cannot fail.
+    let backoff = match Backoff::new(e.min_backoff, e.max_backoff, 2.0) {
+        Ok(b) => b,
+        Err(err) => {
+            warn!(endpoint = %e.name, error = %err, "unusable backoff; remote write to this endpoint is off");
+            return;
+        }
+    };
     let mut sender = Sender {
         shared,
         client,
         credentials,
-        seed,
+        backoff,
         failing: None,
         last_rejection: None,
         unlogged_rejections: 0,
@@ -142,7 +147,7 @@ impl Sender {
     async fn deliver(&mut self, batch: &Batch) {
         let body = proto::compress(&batch.encode());
         let n = batch.samples as u64;
-        let mut backoff = self.shared.endpoint.min_backoff;
+        let mut retries = self.backoff.retries(self.shared.index as u64);
         loop {
             match self.attempt(&body).await {
                 Outcome::Delivered => {
@@ -167,21 +172,10 @@ impl Sender {
                             "cannot push samples; retrying with backoff (nothing is lost while the queue has room)");
                         self.failing = Some(Instant::now());
                     }
-                    let wait = after.map_or_else(|| self.jittered(backoff), |a| a.min(MAX_RETRY_AFTER));
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(self.shared.endpoint.max_backoff);
+                    tokio::time::sleep(retries.next_wait(after)).await;
                 }
             }
         }
-    }
-
-    /// Half the backoff plus a random share of the other half.
-    fn jittered(&mut self, backoff: Duration) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(ms / 2 + self.seed % (ms / 2 + 1))
     }
 
     /// One line per kind of rejection and minute: a receiver that rejects everything does
@@ -247,20 +241,25 @@ impl Sender {
         }
         let response = match request.body(body.to_vec()).send().await {
             Ok(r) => r,
-            // reqwest's errors carry the URL, which may carry a secret.
-            Err(err) => return Outcome::Retry(describe(&err.without_url()), None),
+            Err(err) => {
+                let class = outbound::classify_error(&err);
+                // reqwest's errors carry the URL, which may carry a secret.
+                let reason = outbound::describe(&err.without_url());
+                return if class == Class::Retry {
+                    Outcome::Retry(reason, None)
+                } else {
+                    Outcome::Rejected(0, reason)
+                };
+            }
         };
         let status = response.status();
-        if status.is_success() {
+        let class = outbound::classify_status(status);
+        if class == Class::Success {
             return Outcome::Delivered;
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, crate::base::wall_ms()));
+        let retry_after = outbound::retry_after(response.headers(), crate::base::wall_ms());
         let reason = format!("HTTP {status}: {}", excerpt(response).await);
-        if status.as_u16() == 429 || status.is_server_error() {
+        if class == Class::Retry {
             return Outcome::Retry(reason, retry_after);
         }
         if matches!(status.as_u16(), 401 | 403) {
@@ -271,19 +270,6 @@ impl Sender {
         }
         Outcome::Rejected(status.as_u16(), reason)
     }
-}
-
-/// A network error with its causes (reqwest's own message is only "error sending request").
-fn describe(err: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The start of a response body, on one line (the receiver's reason for refusing).
@@ -313,31 +299,4 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(text)
-}
-
-/// `Retry-After`: seconds, or an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at_ms = crate::base::time::parse_http_date(value)?;
-    Some(Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_in_both_forms() {
-        assert_eq!(parse_retry_after("7", 0), Some(Duration::from_secs(7)));
-        let date = 784_111_777_000; // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", date - 3000),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", date + 3000), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", 0), None);
-    }
 }

@@ -151,6 +151,8 @@ impl DeviceCounters {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const LL: usize = 4; // Allowance::Linklocal
@@ -277,29 +279,38 @@ mod tests {
         assert_eq!(c.packets[LL], 12);
     }
 
-    #[test]
-    fn counters_never_decrease_whatever_the_driver_says() {
-        // A deterministic pseudo-random walk through resets, glitches and jumps.
-        let mut c = DeviceCounters::default();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut prev = [0u64; 5];
-        let mut prev_s = [0f64; 5];
-        for t in 0..5000i64 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let v = match state % 7 {
-                0 => 0,
-                1 => state >> 60,
-                _ => (state >> 40) + u64::try_from(t).unwrap(),
-            };
-            c.update(t * 1000, &raw(v, v / 2, Some(v)));
-            for i in 0..5 {
-                assert!(c.packets[i] >= prev[i]);
-                assert!(c.seconds[i] >= prev_s[i]);
+    /// A driver value: mostly growing, sometimes the glitch's zero, sometimes a reset to a
+    /// small value, sometimes a wild jump.
+    fn driver_value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            1 => Just(0u64),
+            1 => 0u64..16,
+            6 => 0u64..1 << 24,
+            1 => any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        // Failing cases are saved under proptest-regressions/ and replayed first.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn counters_never_decrease_whatever_the_driver_says(
+            walk in prop::collection::vec((driver_value(), 1i64..5000), 1..400)
+        ) {
+            let mut c = DeviceCounters::default();
+            let (mut prev, mut prev_s) = ([0u64; 5], [0f64; 5]);
+            let mut at = 0;
+            for (v, step) in walk {
+                at += step;
+                c.update(at, &raw(v, v / 2, Some(v)));
+                for i in 0..5 {
+                    prop_assert!(c.packets[i] >= prev[i], "packets[{}] went down at {}", i, at);
+                    prop_assert!(c.seconds[i] >= prev_s[i], "seconds[{}] went down at {}", i, at);
+                }
+                prev = c.packets;
+                prev_s = c.seconds;
             }
-            prev = c.packets;
-            prev_s = c.seconds;
         }
     }
 }

@@ -94,11 +94,11 @@ impl Schema {
         Self { names: names.into_boxed_slice(), index, node_exporter_names: OnceLock::new() }
     }
 
-    /// The node_exporter metric name of each stat, in `names` order.
-    pub fn node_exporter_names(&self) -> &[String] {
-        self.node_exporter_names.get_or_init(|| {
-            self.names.iter().map(|n| crate::metrics::compat::node_exporter_name(n)).collect()
-        })
+    /// The node_exporter metric name of each stat, in `names` order, made by `name` on first
+    /// use. The naming is the metrics layer's (`metrics::compat`), which sits above this
+    /// one; the cache lives here because a schema is what the names depend on.
+    pub fn node_exporter_names(&self, name: impl Fn(&str) -> String) -> &[String] {
+        self.node_exporter_names.get_or_init(|| self.names.iter().map(|n| name(n)).collect())
     }
 }
 

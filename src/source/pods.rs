@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::outbound::ClientOptions;
+
 /// Who a client address is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodRef {
@@ -202,12 +204,14 @@ impl ApiAccess {
 
 /// Keeps `pods` current until the API fails for good; logs once when attribution stops.
 pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = access.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
-        builder = builder.add_root_certificate(ca);
+    let mut options = ClientOptions::new().connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &access.ca {
+        options = options.extra_root_pem(ca.clone());
     }
-    let Ok(client) = builder.build() else { return };
+    let client = match options.build() {
+        Ok(client) => client,
+        Err(err) => return stop(&err.to_string()),
+    };
     let selector = format!("spec.nodeName={}", access.node);
     let auth = |r: reqwest::RequestBuilder| match &access.token {
         Some(t) => r.bearer_auth(t),

@@ -113,6 +113,10 @@ fn parse_messages(mut data: &[u8], links: &mut Vec<Link>) -> io::Result<bool> {
         }
         data = &data[align4(len).min(data.len())..];
     }
+    if !data.is_empty() {
+        // The kernel sends whole messages: bytes too few for a header are a cut datagram.
+        return Err(invalid("truncated netlink message"));
+    }
     Ok(false)
 }
 
@@ -215,9 +219,15 @@ mod tests {
     fn truncated_input_is_an_error_not_a_panic() {
         let data = newlink(2, "ens5", &[]);
         let mut links = Vec::new();
-        for cut in 0..data.len() {
-            let _ = parse_messages(&data[..cut], &mut links);
+        assert!(!parse_messages(&[], &mut links).unwrap(), "an empty datagram is no message");
+        for cut in 1..data.len() {
+            let err = parse_messages(&data[..cut], &mut links).expect_err(&format!("cut at {cut}"));
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
+            assert!(err.to_string().contains("truncated"), "cut at {cut}: {err}");
         }
+        assert!(links.is_empty(), "nothing is taken from a cut message: {links:?}");
+        assert!(!parse_messages(&data, &mut links).unwrap());
+        assert_eq!(links.len(), 1);
     }
 
     #[test]

@@ -182,7 +182,10 @@ impl PacketSocket {
 
     /// Reads every packet waiting in the ring, calling `each` with the bytes the filter kept
     /// (from the network header on); returns how many there were.
-    #[allow(clippy::cast_ptr_alignment)] // frames start at multiples of FRAME_SIZE in a page-aligned mapping
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "frames start at multiples of FRAME_SIZE in a page-aligned mapping"
+    )]
     pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         // At most one lap: frames the kernel fills meanwhile wait for the next call.

@@ -1,0 +1,161 @@
+//! The client builder: the one place a `reqwest::Client` is made, and where rustls gets its
+//! crypto provider.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use reqwest::{Certificate, Client};
+
+/// How to build a client. Everything is off unless asked for, except redirects, which are
+/// followed (up to ten) as reqwest does by default.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    user_agent: Option<String>,
+    follow_redirects: bool,
+    roots: Vec<Certificate>,
+    root_pem: Option<Vec<u8>>,
+}
+
+/// A client that cannot be built: which part failed, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The extra root CA is not readable PEM certificates.
+    #[error("the extra root CA is not PEM certificates: {0}")]
+    RootCa(String),
+    /// reqwest refused the options (for example, TLS could not be set up).
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientOptions {
+    /// No timeouts, no user agent, redirects followed, the platform's roots only.
+    pub fn new() -> Self {
+        Self {
+            timeout: None,
+            connect_timeout: None,
+            user_agent: None,
+            follow_redirects: true,
+            roots: Vec::new(),
+            root_pem: None,
+        }
+    }
+
+    /// The whole request: connecting, sending, and reading the response.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Connecting alone (a host that does not answer fails fast).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The `User-Agent` header (none by default).
+    #[must_use]
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = Some(agent.into());
+        self
+    }
+
+    /// Never follow a redirect: for requests whose body or signature a redirect would break,
+    /// or whose URL must be the real one.
+    #[must_use]
+    pub fn no_redirects(mut self) -> Self {
+        self.follow_redirects = false;
+        self
+    }
+
+    /// Trusts these roots as well as the platform's.
+    #[must_use]
+    pub fn extra_roots(mut self, roots: impl IntoIterator<Item = Certificate>) -> Self {
+        self.roots.extend(roots);
+        self
+    }
+
+    /// Trusts the certificates of this PEM bundle as well as the platform's (read when the
+    /// client is built, so a bad bundle is a [`ClientError::RootCa`]).
+    #[must_use]
+    pub fn extra_root_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_pem = Some(pem.into());
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<Client, ClientError> {
+        install_crypto_provider();
+        #[expect(clippy::disallowed_methods, reason = "the one place an HTTP client is built")]
+        let mut builder = Client::builder();
+        if let Some(timeout) = self.timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
+        if let Some(agent) = self.user_agent {
+            builder = builder.user_agent(agent);
+        }
+        if !self.follow_redirects {
+            builder = builder.redirect(reqwest::redirect::Policy::none());
+        }
+        let mut roots = self.roots;
+        if let Some(pem) = &self.root_pem {
+            roots.extend(Certificate::from_pem_bundle(pem).map_err(|e| ClientError::RootCa(describe(&e)))?);
+        }
+        if !roots.is_empty() {
+            builder = builder.tls_certs_merge(roots);
+        }
+        builder.build().map_err(|e| ClientError::Build(describe(&e)))
+    }
+}
+
+/// rustls needs one process-wide crypto provider before any client is built; reqwest is
+/// built without one so the binary carries only ring.
+fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // An error means a provider is already installed (by a test, say): that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A reqwest error with its causes: reqwest's own message is often only "error sending
+/// request" or "builder error", and the reason is further down the chain.
+pub fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_root_pem_is_named() {
+        let err = ClientOptions::new().extra_root_pem(b"not a certificate".to_vec()).build();
+        // reqwest skips PEM sections it does not know; a broken one is an error.
+        let broken = ClientOptions::new()
+            .extra_root_pem(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec())
+            .build()
+            .unwrap_err();
+        assert!(broken.to_string().starts_with("the extra root CA is not PEM certificates"), "{broken}");
+        assert!(err.is_ok(), "text without PEM sections adds no root and is not an error");
+    }
+}
