@@ -1,8 +1,14 @@
 //! Unit tests of the configuration checks and the collector.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use super::collector::Collector;
+use super::config::expand;
 use super::*;
+use crate::history::{Snapshot, Store};
+use crate::metrics;
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
