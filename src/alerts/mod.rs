@@ -215,7 +215,6 @@ impl Evaluator {
     #[expect(clippy::too_many_lines, reason = "every rule kind, then the state machine, in one pass")]
     pub fn evaluate(&mut self, snapshot: &Snapshot, history: &History) -> Vec<Transition> {
         let now = snapshot.at_ms;
-        // (rule, device, allowance, value, condition holds)
         let mut results: Vec<Evaluation> = Vec::new();
         let mut tracked = 0;
         for d in snapshot.devices.iter().filter(|d| d.counters.supported.iter().any(|&s| s)) {
@@ -257,7 +256,13 @@ impl Evaluator {
                         if !holds && !alerting {
                             continue;
                         }
-                        results.push((r, Some(d.device.name.clone()), Some(allowance.label()), value, holds));
+                        results.push(Evaluation {
+                            rule: r,
+                            device: Some(d.device.name.clone()),
+                            allowance: Some(allowance.label()),
+                            value,
+                            holds,
+                        });
                     }
                 }
                 Condition::LinkLocalBudget { ratio, window } => {
@@ -277,7 +282,13 @@ impl Evaluator {
                         let rank = (rates.len() * 99).div_ceil(100).max(1) - 1;
                         let value = f64::from(rates[rank]);
                         let holds = value > ratio * crate::source::linklocal::BUDGET_PPS;
-                        results.push((r, Some(d.device.name.clone()), Some("linklocal"), value, holds));
+                        results.push(Evaluation {
+                            rule: r,
+                            device: Some(d.device.name.clone()),
+                            allowance: Some("linklocal"),
+                            value,
+                            holds,
+                        });
                     }
                 }
                 Condition::ConntrackBelow { below } => {
@@ -288,7 +299,13 @@ impl Evaluator {
                         .filter_map(|d| d.counters.available)
                         .min();
                     if let Some(min) = min {
-                        results.push((r, None, None, min as f64, min < *below));
+                        results.push(Evaluation {
+                            rule: r,
+                            device: None,
+                            allowance: None,
+                            value: min as f64,
+                            holds: min < *below,
+                        });
                     }
                 }
             }
@@ -296,7 +313,7 @@ impl Evaluator {
 
         let mut transitions = Vec::new();
         let mut seen = Vec::new();
-        for (r, device, allowance, value, holds) in results {
+        for Evaluation { rule: r, device, allowance, value, holds } in results {
             let key = (r, device.clone());
             seen.push(key.clone());
             let rule = &self.rules[r];
@@ -347,8 +364,19 @@ impl Evaluator {
     }
 }
 
-/// One rule's condition on one device: (rule, device, allowance, value, holds).
-type Evaluation = (usize, Option<String>, Option<&'static str>, f64, bool);
+/// One rule's condition on one device (or on the instance), as of this tick.
+struct Evaluation {
+    /// Index of the rule.
+    rule: usize,
+    /// The device, for per-device rules.
+    device: Option<String>,
+    /// The allowance label, for allowance rules.
+    allowance: Option<&'static str>,
+    /// The condition's value (throttled seconds, a rate, or headroom).
+    value: f64,
+    /// Whether the condition holds.
+    holds: bool,
+}
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
