@@ -371,7 +371,7 @@ impl Config {
     }
 
     /// History points kept per device.
-    pub fn history_points(&self) -> usize {
+    pub(crate) fn history_points(&self) -> usize {
         usize::try_from(self.history.as_millis() / self.interval.as_millis()).unwrap_or(usize::MAX)
     }
 }

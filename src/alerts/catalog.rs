@@ -42,7 +42,7 @@ impl Severity {
 /// bursts that recur every few minutes keep the windowed sum over it, so they make one
 /// continuous alert instead of a flapping one.
 #[derive(Clone, Copy, Debug)]
-pub struct AllowanceAlert {
+pub(crate) struct AllowanceAlert {
     /// Alert name (the AWS guide's names, which users already route and silence on).
     pub name: &'static str,
     /// Which allowance.
@@ -100,7 +100,7 @@ const CONNTRACK: &str =
 
 /// The allowance alerts. Names are shared by a warning and a critical threshold where both
 /// exist; Alertmanager inhibits the warning while the critical fires on the same device.
-pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
+pub(crate) const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
     alert(
         "LinkLocalAllowanceExceeded",
         Allowance::Linklocal,
@@ -176,21 +176,21 @@ pub const ALLOWANCE_ALERTS: [AllowanceAlert; 9] = [
 ];
 
 /// The alert on link-local headroom: fires before the allowance is exceeded.
-pub const BUDGET_ALERT: &str = "LinkLocalBudgetNearlyExhausted";
+pub(crate) const BUDGET_ALERT: &str = "LinkLocalBudgetNearlyExhausted";
 /// `LinkLocalBudgetNearlyExhausted`: the 99th-percentile second of the window used more than
 /// this share of the 1024/s link-local budget...
-pub const BUDGET_RATIO: f64 = 0.8;
+pub(crate) const BUDGET_RATIO: f64 = 0.8;
 /// ...over this window...
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const BUDGET_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// ...held this long.
-pub const BUDGET_HOLD: Duration = Duration::from_secs(5 * 60);
+pub(crate) const BUDGET_HOLD: Duration = Duration::from_secs(5 * 60);
 
 /// The alert on conntrack headroom.
-pub const CONNTRACK_LOW_ALERT: &str = "ConntrackAllowanceLow";
+pub(crate) const CONNTRACK_LOW_ALERT: &str = "ConntrackAllowanceLow";
 /// `ConntrackAllowanceLow` fires below this many connections of headroom...
-pub const CONNTRACK_LOW: u64 = 10_000;
+pub(crate) const CONNTRACK_LOW: u64 = 10_000;
 /// ...held this long.
-pub const CONNTRACK_LOW_HOLD: Duration = Duration::from_secs(5 * 60);
+pub(crate) const CONNTRACK_LOW_HOLD: Duration = Duration::from_secs(5 * 60);
 
 impl AllowanceAlert {
     /// The PromQL condition.

@@ -117,7 +117,7 @@ pub fn default_rules() -> Vec<LocalRule> {
 
 /// A change of state worth notifying: `Firing` or `Resolved`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// The alert as of the change.
     pub alert: Alert,
     /// When, Unix milliseconds.
@@ -179,7 +179,7 @@ impl Throttling {
         }
     }
 
-    /// [`throttled_seconds`] of the whole history, from the intervals.
+    /// `throttled_seconds` of the whole history, from the intervals.
     fn seconds(&self, a: Allowance, since_ms: i64) -> f64 {
         let ms: i64 = self
             .intervals
@@ -213,7 +213,7 @@ impl Evaluator {
     /// Evaluates every rule at the snapshot's time; returns the alerts that started firing
     /// or resolved.
     #[expect(clippy::too_many_lines, reason = "every rule kind, then the state machine, in one pass")]
-    pub fn evaluate(&mut self, snapshot: &Snapshot, history: &History) -> Vec<Transition> {
+    pub(crate) fn evaluate(&mut self, snapshot: &Snapshot, history: &History) -> Vec<Transition> {
         let now = snapshot.at_ms;
         let mut results: Vec<Evaluation> = Vec::new();
         let mut tracked = 0;
@@ -425,8 +425,10 @@ fn describe(rule: &LocalRule, device: Option<&str>, value: f64) -> String {
     }
 }
 
-/// Seconds of sampling intervals after `since_ms` in which allowance `a`'s counter grew.
-pub fn throttled_seconds(points: &[&Point], a: Allowance, since_ms: i64) -> f64 {
+/// Seconds of sampling intervals after `since_ms` in which allowance `a`'s counter grew, by
+/// a full scan: what the incremental [`Throttling`] must always agree with.
+#[cfg(test)]
+fn throttled_seconds(points: &[&Point], a: Allowance, since_ms: i64) -> f64 {
     let good: Vec<&&Point> = points.iter().filter(|p| p.flags & Point::GLITCH == 0).collect();
     let mut ms = 0i64;
     for pair in good.windows(2) {

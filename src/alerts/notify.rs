@@ -142,7 +142,7 @@ pub struct Handle {
 
 impl Handle {
     /// Offers a transition; never blocks.
-    pub fn offer(&self, transition: Transition) {
+    pub(crate) fn offer(&self, transition: Transition) {
         if self.tx.try_send(transition).is_err() {
             self.overflow.fetch_add(1, Ordering::Relaxed);
         }
@@ -162,7 +162,7 @@ const AM_RESEND: Duration = Duration::from_secs(60);
 const AM_ENDS_AFTER: Duration = Duration::from_secs(180);
 
 /// The dispatcher and its workers, to be spawned on the runtime.
-pub struct Notifier {
+pub(crate) struct Notifier {
     rx: mpsc::Receiver<Transition>,
     receivers: Vec<Receiver>,
     stats: Arc<Vec<ReceiverStats>>,
@@ -172,7 +172,7 @@ pub struct Notifier {
 }
 
 /// Creates the sampler's handle and the notifier to run.
-pub fn channel(receivers: Vec<Receiver>, node: String) -> (Handle, Notifier) {
+pub(crate) fn channel(receivers: Vec<Receiver>, node: String) -> (Handle, Notifier) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let stats: Arc<Vec<ReceiverStats>> = Arc::new(
         receivers

@@ -30,7 +30,7 @@ use crate::base::time::parse_rfc3339;
 use crate::outbound::{ClientError, ClientOptions};
 
 /// Temporary credentials are replaced this long before they expire (what the AWS SDKs do).
-pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+pub(crate) const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// After a failed refresh, the next attempt waits at least this long.
 const RETRY_REFRESH: Duration = Duration::from_secs(10);
 
@@ -85,10 +85,10 @@ impl Source {
 }
 
 /// A variable of the environment, non-empty.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The process environment, for [`choose`].
-pub fn process_env(name: &str) -> Option<String> {
+pub(crate) fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
@@ -112,7 +112,7 @@ fn allowed_container_host(url: &reqwest::Url) -> bool {
 
 /// Chooses the source the environment configures, checking what can be checked without the
 /// network (files exist, URLs parse). Errors name the variable.
-pub fn choose(env: Env<'_>) -> Result<Source, String> {
+pub(crate) fn choose(env: Env<'_>) -> Result<Source, String> {
     let (key, secret) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"));
     match (key, secret) {
         (Some(access_key_id), Some(secret_access_key)) => {
@@ -184,7 +184,7 @@ fn default_session_name() -> String {
 }
 
 /// The STS endpoint: `AWS_ENDPOINT_URL_STS`, or the regional one.
-pub fn sts_endpoint(env: Env<'_>, region: &str) -> Result<reqwest::Url, String> {
+pub(crate) fn sts_endpoint(env: Env<'_>, region: &str) -> Result<reqwest::Url, String> {
     let (var, url) = if let Some(url) = env("AWS_ENDPOINT_URL_STS") {
         ("AWS_ENDPOINT_URL_STS", url)
     } else {
@@ -195,7 +195,7 @@ pub fn sts_endpoint(env: Env<'_>, region: &str) -> Result<reqwest::Url, String> 
 }
 
 /// Fetches, caches and refreshes credentials from one [`Source`].
-pub struct Provider {
+pub(crate) struct Provider {
     source: Source,
     /// `sts:AssumeRole` on top of the source's credentials.
     assume_role: Option<String>,
@@ -281,7 +281,7 @@ impl Provider {
     }
 
     /// Forgets the cached credentials (the receiver refused them).
-    pub async fn invalidate(&self) {
+    pub(crate) async fn invalidate(&self) {
         self.state.lock().await.current = None;
     }
 

@@ -14,7 +14,7 @@ use super::Credentials;
 use crate::base::time::civil_from_days;
 
 /// `YYYYMMDDTHHMMSSZ` and `YYYYMMDD` for Unix milliseconds.
-pub fn amz_date(ms: i64) -> (String, String) {
+pub(crate) fn amz_date(ms: i64) -> (String, String) {
     let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     let (year, month, day) = civil_from_days(days);
     let secs = ms_of_day / 1000;
@@ -23,7 +23,7 @@ pub fn amz_date(ms: i64) -> (String, String) {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");
@@ -32,7 +32,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, data).as_ref())
 }
 
@@ -42,7 +42,7 @@ fn hmac(key: &[u8], data: &[u8]) -> hmac::Tag {
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (and `/` when
 /// `keep_slash`), uppercase hex, as SigV4 canonicalisation requires.
-pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/') {

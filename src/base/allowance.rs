@@ -51,13 +51,13 @@ impl Allowance {
     }
 
     /// The allowance whose exceeded counter has this driver name.
-    pub fn from_stat(name: &str) -> Option<Self> {
+    pub(crate) fn from_stat(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.stat() == name)
     }
 }
 
 /// The gauge of tracked connections still available (ENA >= 2.8.1, Nitro only).
-pub const CONNTRACK_AVAILABLE: &str = "conntrack_allowance_available";
+pub(crate) const CONNTRACK_AVAILABLE: &str = "conntrack_allowance_available";
 
 /// The six allowance statistics, in the order `ena_stat_supported` lists them; also the
 /// default selection of the compatibility families.
@@ -71,7 +71,7 @@ pub const ALLOWANCE_STATS: [&str; 6] = [
 ];
 
 /// The driver whose devices are watched by default.
-pub const ENA_DRIVER: &str = "ena";
+pub(crate) const ENA_DRIVER: &str = "ena";
 
 /// Where the allowance statistics sit in one device's stat list. Built once per stat set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl AllowanceIndex {
     }
 
     /// Whether the driver reports the `k`-th stat of [`ALLOWANCE_STATS`].
-    pub fn supports(&self, k: usize) -> bool {
+    pub(crate) fn supports(&self, k: usize) -> bool {
         if k < 5 {
             self.exceeded[k].is_some()
         } else {

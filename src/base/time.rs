@@ -22,7 +22,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Unix milliseconds of an RFC 3339 UTC time such as `2026-11-01T12:00:00Z` (fractions and
 /// `+00:00` accepted).
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let bad = || format!("{s:?} is not an RFC 3339 UTC time");
     let b = s.as_bytes();
     if b.len() < 20
@@ -56,7 +56,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
 }
 
 /// Year, month, day of a day count since 1970-01-01 (H. Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -69,7 +69,7 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// Days since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]).
-pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -81,7 +81,7 @@ pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// Unix milliseconds of an HTTP-date (RFC 9110: IMF-fixdate, and the obsolete RFC 850 and
 /// asctime forms), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn parse_http_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
     let at = httpdate::parse_http_date(s.trim()).ok()?;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     i64::try_from(since.as_millis()).ok()

@@ -110,7 +110,7 @@ pub struct Finding {
 }
 
 /// What to do when an allowance is exceeded.
-pub fn advice(a: Allowance) -> &'static str {
+pub(crate) fn advice(a: Allowance) -> &'static str {
     match a {
         Allowance::Linklocal => {
             "Link-local traffic (DNS to the VPC resolver, instance metadata, Time Sync) went over 1024 \

@@ -26,7 +26,7 @@ use crate::sys::{self, Ethtool, IfName};
 
 /// What `diagnose` found.
 #[derive(Debug, Serialize)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     /// Seconds sampled.
     pub sampled_seconds: f64,
     /// Every interface of the namespace and its driver.
@@ -47,7 +47,7 @@ pub struct Diagnosis {
 
 /// One device.
 #[derive(Debug, Serialize)]
-pub struct DeviceFinding {
+pub(crate) struct DeviceFinding {
     /// Interface name.
     pub device: String,
     /// Driver and version.
@@ -64,7 +64,7 @@ pub struct DeviceFinding {
 
 /// The resolver configuration of this node (`/etc/resolv.conf`).
 #[derive(Debug, Default, Serialize)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     /// Nameservers.
     pub nameservers: Vec<String>,
     /// Search list.

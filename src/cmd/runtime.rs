@@ -23,7 +23,7 @@ use crate::source::simulate::{Scenario, SimulatedSource};
 use crate::source::Source;
 
 /// A source and a sentence saying what it is, for the log.
-pub struct Chosen {
+pub(crate) struct Chosen {
     /// The source.
     pub source: Box<dyn Source>,
     /// e.g. "live", "replay of capture.txt", "simulation dns-storm".
@@ -34,7 +34,7 @@ pub struct Chosen {
 
 /// Builds the source the flags ask for: a replay, a simulation, or this host's interfaces.
 /// A capture or scenario that cannot be used is bad input (exit 2), before anything runs.
-pub fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failure> {
+pub(crate) fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen, Failure> {
     if let Some(path) = &args.replay {
         let speed = args.speed.unwrap_or(1.0);
         if !(speed > 0.0 && speed.is_finite()) {
@@ -133,7 +133,7 @@ impl Running {
 }
 
 /// Resolves on SIGTERM or SIGINT, with the signal's name.
-pub async fn termination() -> &'static str {
+pub(crate) async fn termination() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {

@@ -28,7 +28,7 @@ pub fn run(config: &Config, source: &SourceArgs) -> Result<(), Failure> {
 }
 
 /// Runs the agent on a chosen source and a bound listener.
-pub fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Result<(), Failure> {
+pub(crate) fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Result<(), Failure> {
     let (notify, mut notifier) = if config.receivers.is_empty() {
         (None, None)
     } else {

@@ -102,16 +102,6 @@ impl Rule {
         let url = format!("{RUNBOOK_BASE}#{}", alert.to_lowercase());
         self.annotate("runbook_url", &url)
     }
-
-    /// The alert name, for alerting rules.
-    pub fn alert_name(&self) -> Option<&str> {
-        self.alert.as_deref()
-    }
-
-    /// The expression.
-    pub fn expression(&self) -> &str {
-        &self.expr
-    }
 }
 
 /// A named group of rules.

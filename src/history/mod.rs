@@ -77,7 +77,7 @@ pub struct DeviceState {
 
 /// Upper bounds of the link-local rate histogram, packets per second: dense around the
 /// 1024/s budget, where the question "how close" is asked.
-pub const LINKLOCAL_BUCKETS: [f64; 12] =
+pub(crate) const LINKLOCAL_BUCKETS: [f64; 12] =
     [50.0, 100.0, 250.0, 500.0, 750.0, 900.0, 1000.0, 1024.0, 1250.0, 1500.0, 2000.0, 5000.0];
 
 /// The link-local meter's view of one device.
@@ -98,7 +98,7 @@ pub struct LinkLocal {
 impl LinkLocal {
     /// Adds one reading's counts taken at `at_ms`; returns the interval's rate in whole
     /// packets per second.
-    pub fn observe(&mut self, counts: [u32; 3], at_ms: i64) -> Option<u32> {
+    pub(crate) fn observe(&mut self, counts: [u32; 3], at_ms: i64) -> Option<u32> {
         for (total, n) in self.packets.iter_mut().zip(counts) {
             *total += u64::from(n);
         }
@@ -148,9 +148,9 @@ impl Point {
     /// `available` when the driver does not report it.
     pub const NO_VALUE: u32 = u32::MAX;
     /// The sample was the ENA all-zero glitch and was held back.
-    pub const GLITCH: u8 = 1;
+    pub(crate) const GLITCH: u8 = 1;
     /// A driver reset was detected at this sample.
-    pub const RESET: u8 = 2;
+    pub(crate) const RESET: u8 = 2;
 }
 
 /// A point as the ring stores it: 32 bytes instead of [`Point`]'s 40. The time is an offset
@@ -251,11 +251,6 @@ impl History {
     pub fn points(&self, device: &str) -> impl DoubleEndedIterator<Item = Point> + '_ {
         self.rings.get(device).into_iter().flat_map(Ring::iter)
     }
-
-    /// Ticks kept per device.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 /// The shared state between the sampler (writer) and every reader.
@@ -281,7 +276,7 @@ impl Store {
     }
 
     /// Publishes a new snapshot.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
         *self.latest.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 
@@ -291,7 +286,7 @@ impl Store {
     }
 
     /// Runs `f` on the history under a read lock.
-    pub fn read_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+    pub(crate) fn read_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
         f(&self.history.read().unwrap_or_else(PoisonError::into_inner))
     }
 }

@@ -75,7 +75,7 @@ fn bad_query(rejection: &QueryRejection) -> Response {
 }
 
 /// What this node looks like right now, in one sentence.
-pub fn summary(snapshot: &Snapshot, points: &dyn Fn(&str) -> Vec<Point>) -> (bool, String) {
+pub(crate) fn summary(snapshot: &Snapshot, points: &dyn Fn(&str) -> Vec<Point>) -> (bool, String) {
     if snapshot.devices.is_empty() {
         return (false, "No interface is watched yet (the agent's log says what it found).".into());
     }

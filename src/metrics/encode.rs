@@ -16,7 +16,7 @@ pub enum Format {
 
 impl Format {
     /// The `Content-Type` of a body in this format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::Text => "text/plain; version=0.0.4; charset=utf-8",
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -25,7 +25,7 @@ impl Format {
 
     /// Picks the format from an `Accept` header, as Prometheus negotiates it: OpenMetrics
     /// when it is offered with a non-zero quality, the text format otherwise.
-    pub fn negotiate(accept: Option<&str>) -> Self {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Self {
         let Some(accept) = accept else { return Self::Text };
         let offered = accept.split(',').any(|item| {
             let mut parts = item.split(';').map(str::trim);
@@ -65,7 +65,7 @@ pub enum Value {
 }
 
 /// Writes families and samples into a `String`.
-pub struct Encoder<'a> {
+pub(crate) struct Encoder<'a> {
     out: &'a mut String,
     format: Format,
 }

@@ -200,7 +200,7 @@ pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String 
 
 /// Where [`visit`] puts families and samples: the exposition [`Encoder`], or the remote-write
 /// collector.
-pub trait Sink {
+pub(crate) trait Sink {
     /// A family starts (`name` is the sample name, with `_total` for counters).
     fn family(&mut self, name: &str, kind: Kind, help: &str);
     /// One sample of the current family.
@@ -228,7 +228,7 @@ impl<T: Sink + ?Sized> Sink for &mut T {
 /// Every family of a snapshot, in the contract's order: what each family holds is defined
 /// here once, for `/metrics` and for remote write.
 #[expect(clippy::too_many_lines, reason = "one family after another, in the contract's order")]
-pub fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
+pub(crate) fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
     let mut families = NATIVE_FAMILIES.iter();
     let mut next = |e: &mut S| {
         let f = families.next().expect("one entry per family");

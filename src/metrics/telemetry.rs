@@ -23,7 +23,7 @@ pub struct ReceiverStats {
 }
 
 /// Notification counters: per receiver, and the transitions the sampler could not hand over.
-pub type NotifyStats = (Arc<Vec<ReceiverStats>>, Arc<AtomicU64>);
+pub(crate) type NotifyStats = (Arc<Vec<ReceiverStats>>, Arc<AtomicU64>);
 
 /// Counters of one endpoint, for `/metrics`.
 #[derive(Debug, Default)]
@@ -57,4 +57,4 @@ impl EndpointStats {
 }
 
 /// The counters of every remote-write endpoint.
-pub type RemoteWriteStats = Arc<Vec<EndpointStats>>;
+pub(crate) type RemoteWriteStats = Arc<Vec<EndpointStats>>;

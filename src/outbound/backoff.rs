@@ -94,7 +94,7 @@ pub struct Retries {
 impl Retries {
     /// How long to wait before the next attempt: `Retry-After` when the receiver gave one
     /// (at most [`MAX_RETRY_AFTER`]), the jittered step otherwise. The step grows either way.
-    pub fn next_wait(&mut self, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn next_wait(&mut self, retry_after: Option<Duration>) -> Duration {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;

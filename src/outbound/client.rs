@@ -57,14 +57,14 @@ impl ClientOptions {
 
     /// Connecting alone (a host that does not answer fails fast).
     #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
 
     /// The `User-Agent` header (none by default).
     #[must_use]
-    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+    pub(crate) fn user_agent(mut self, agent: impl Into<String>) -> Self {
         self.user_agent = Some(agent.into());
         self
     }
@@ -72,14 +72,14 @@ impl ClientOptions {
     /// Never follow a redirect: for requests whose body or signature a redirect would break,
     /// or whose URL must be the real one.
     #[must_use]
-    pub fn no_redirects(mut self) -> Self {
+    pub(crate) fn no_redirects(mut self) -> Self {
         self.follow_redirects = false;
         self
     }
 
     /// Trusts these roots as well as the platform's.
     #[must_use]
-    pub fn extra_roots(mut self, roots: impl IntoIterator<Item = Certificate>) -> Self {
+    pub(crate) fn extra_roots(mut self, roots: impl IntoIterator<Item = Certificate>) -> Self {
         self.roots.extend(roots);
         self
     }
@@ -87,7 +87,7 @@ impl ClientOptions {
     /// Trusts the certificates of this PEM bundle as well as the platform's (read when the
     /// client is built, so a bad bundle is a [`ClientError::RootCa`]).
     #[must_use]
-    pub fn extra_root_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn extra_root_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_pem = Some(pem.into());
         self
     }

@@ -29,7 +29,7 @@ use crate::base::time::parse_http_date;
 
 /// What an attempt came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// Delivered.
     Success,
     /// Worth another attempt: the receiver or the path to it may recover.
@@ -42,7 +42,7 @@ pub enum Class {
 /// [`Class::Drop`]: another 4xx means the receiver refuses this request for good, a 3xx is a
 /// redirect the client was told not to follow (or one too many), so the URL is wrong, and
 /// reqwest answers 1xx itself.
-pub fn classify_status(status: StatusCode) -> Class {
+pub(crate) fn classify_status(status: StatusCode) -> Class {
     if status.is_success() {
         Class::Success
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -55,7 +55,7 @@ pub fn classify_status(status: StatusCode) -> Class {
 /// Network trouble (connecting, a timeout, sending, reading the body) is [`Class::Retry`];
 /// an error carrying a status is classified by it; a request that cannot be built, a
 /// redirect loop or an unreadable answer is [`Class::Drop`].
-pub fn classify_error(err: &reqwest::Error) -> Class {
+pub(crate) fn classify_error(err: &reqwest::Error) -> Class {
     if let Some(status) = err.status() {
         classify_status(status)
     } else if err.is_timeout() || err.is_connect() || err.is_request() || err.is_body() {
@@ -80,7 +80,7 @@ pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
 }
 
 /// The `Retry-After` of a response's headers, if present and readable.
-pub fn retry_after(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
     parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now_ms)
 }
 

@@ -148,7 +148,7 @@ impl Pusher {
     }
 
     /// Spawns one sender per endpoint on the current runtime.
-    pub fn spawn_senders(&self) {
+    pub(crate) fn spawn_senders(&self) {
         for shared in &self.shared {
             let e = &shared.endpoint;
             info!(
@@ -164,7 +164,7 @@ impl Pusher {
     }
 
     /// Stops collecting, after taking the last snapshot the sampler published.
-    pub fn stop_collecting(&mut self) {
+    pub(crate) fn stop_collecting(&mut self) {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

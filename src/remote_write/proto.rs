@@ -46,7 +46,7 @@ fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
 /// The `labels` fields of one `TimeSeries` (each an encoded `Label`), for labels already
 /// sorted by name and without empty values. Series keep this encoding for their lifetime, so
 /// a batch is assembled from bytes instead of strings.
-pub fn encode_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+pub(crate) fn encode_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     let mut label = Vec::with_capacity(64);
     for (name, value) in labels {
@@ -60,7 +60,7 @@ pub fn encode_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -
 
 /// Encodes a `WriteRequest` of `series`: each the encoded labels of [`encode_labels`] and
 /// its samples (Unix milliseconds, value), oldest first.
-pub fn write_request<'a>(series: impl IntoIterator<Item = (&'a [u8], &'a [(i64, f64)])>) -> Vec<u8> {
+pub(crate) fn write_request<'a>(series: impl IntoIterator<Item = (&'a [u8], &'a [(i64, f64)])>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     for (labels, samples) in series {
         // A Sample is the value (tag + 8 bytes) and the timestamp (tag + varint).
@@ -86,7 +86,7 @@ pub fn write_request<'a>(series: impl IntoIterator<Item = (&'a [u8], &'a [(i64, 
 }
 
 /// Snappy block format (not the framed format), as Remote Write requires.
-pub fn compress(body: &[u8]) -> Vec<u8> {
+pub(crate) fn compress(body: &[u8]) -> Vec<u8> {
     snap::raw::Encoder::new().compress_vec(body).expect("snappy compresses any input below 4 GiB")
 }
 

@@ -119,7 +119,7 @@ impl Queue {
     }
 
     /// The id for a new step.
-    pub fn next_id(&mut self) -> u64 {
+    pub(crate) fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         id
@@ -140,7 +140,7 @@ impl Queue {
     }
 
     /// Puts back steps recovered from the spool, the first with `offset` series delivered.
-    pub fn restore(&mut self, steps: Vec<Arc<Step>>, offset: usize) -> usize {
+    pub(crate) fn restore(&mut self, steps: Vec<Arc<Step>>, offset: usize) -> usize {
         let mut dropped = 0;
         for (i, step) in steps.into_iter().enumerate() {
             dropped += self.push(step);
@@ -159,7 +159,7 @@ impl Queue {
     }
 
     /// Whether the next step pushes the oldest out.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.steps.len() >= self.capacity
     }
 

@@ -110,7 +110,7 @@ impl Spool {
     }
 
     /// Appends a step.
-    pub fn append(&mut self, step: &Step) -> io::Result<()> {
+    pub(crate) fn append(&mut self, step: &Step) -> io::Result<()> {
         if self.current.is_none() || self.steps_in_segment >= self.steps_per_segment {
             let path = self.dir.join(format!("{:020}.spool", step.id));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;

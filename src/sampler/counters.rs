@@ -25,7 +25,7 @@ use crate::history::DeviceCounters;
 
 /// More packets per second than any ENA device could queue or drop: 100 Gbit/s of minimum
 /// size frames is about 150 million; this leaves an order of magnitude of margin.
-pub const MAX_PLAUSIBLE_PER_SECOND: u64 = 2_000_000_000;
+pub(crate) const MAX_PLAUSIBLE_PER_SECOND: u64 = 2_000_000_000;
 
 /// The allowance values of one device in one sample: `None` where the driver lacks the stat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub struct Update {
 
 impl Update {
     /// Whether any counter was reset.
-    pub fn any_reset(&self) -> bool {
+    pub(crate) fn any_reset(&self) -> bool {
         self.reset.iter().any(|&r| r)
     }
 }

@@ -27,7 +27,7 @@ use crate::source::{Event, ReadError, Reading, Schema, Source};
 
 /// The shortest sampling interval accepted: each ENA read costs admin-queue commands
 /// under RTNL (see DESIGN.md), so nothing samples faster than this.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the sampler needs to know.
 #[derive(Clone, Debug)]

@@ -165,7 +165,7 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 }
 
 /// Unix milliseconds → `1763794155.123`.
-pub fn fmt_timestamp(at_ms: i64) -> String {
+pub(crate) fn fmt_timestamp(at_ms: i64) -> String {
     format!("{}.{:03}", at_ms.div_euclid(1000), at_ms.rem_euclid(1000))
 }
 

@@ -24,17 +24,17 @@ use simple_dns::{Packet, PacketFlag, RCODE};
 use crate::sys::packet::Instruction;
 
 /// Clients kept (the busiest, Space-Saving).
-pub const CLIENTS: usize = 64;
+pub(crate) const CLIENTS: usize = 64;
 /// Names kept per client.
-pub const NAMES: usize = 8;
+pub(crate) const NAMES: usize = 8;
 /// Recent queries remembered per client, for search-path chains.
-pub const RECENT: usize = 64;
+pub(crate) const RECENT: usize = 64;
 /// Message keys remembered to drop the same packet seen on two interfaces.
 const SEEN: usize = 4096;
 /// A chain's queries all come within this long of its answer.
 const CHAIN_MS: i64 = 5_000;
 /// Bytes of each DNS packet kept by the kernel (a UDP message under EDNS's usual 1232 fits).
-pub const SNAPLEN: u32 = 1500;
+pub(crate) const SNAPLEN: u32 = 1500;
 
 /// One decoded DNS message (its first question).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct Message {
 }
 
 /// Decodes a DNS message; `None` for anything malformed, truncated or hostile.
-pub fn decode(payload: &[u8]) -> Option<Message> {
+pub(crate) fn decode(payload: &[u8]) -> Option<Message> {
     let packet = Packet::parse(payload).ok()?;
     let question = packet.questions.first()?;
     let rcode = match packet.rcode() {
@@ -89,7 +89,7 @@ pub struct Seen {
 }
 
 /// Parses an IP packet (from its header on) carrying DNS over UDP or TCP.
-pub fn parse_packet(ip: &[u8]) -> Option<Seen> {
+pub(crate) fn parse_packet(ip: &[u8]) -> Option<Seen> {
     let (src, dst, proto, l4) = match ip.first()? >> 4 {
         4 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -153,7 +153,7 @@ pub fn program() -> Vec<Instruction> {
 /// A Space-Saving top-N table: at most `cap` keys; a newcomer replaces the smallest count and
 /// inherits it (so counts are upper bounds, and the heavy hitters are never lost).
 #[derive(Clone, Debug)]
-pub struct TopN<K, V> {
+pub(crate) struct TopN<K, V> {
     cap: usize,
     items: Vec<(K, u64, V)>,
 }
@@ -165,7 +165,7 @@ impl<K: PartialEq + Clone, V: Default> TopN<K, V> {
     }
 
     /// Counts one occurrence of `key`; returns its value for updating.
-    pub fn hit(&mut self, key: &K) -> &mut V {
+    pub(crate) fn hit(&mut self, key: &K) -> &mut V {
         let i = if let Some(i) = self.items.iter().position(|(k, _, _)| k == key) {
             i
         } else if self.items.len() < self.cap {
@@ -206,7 +206,7 @@ struct Recent {
 
 /// What is known of one client.
 #[derive(Clone, Debug, Default)]
-pub struct Client {
+pub(crate) struct Client {
     queries: u64,
     responses: u64,
     nxdomain: u64,
@@ -252,7 +252,7 @@ impl Default for DnsStats {
 
 impl DnsStats {
     /// Takes one message seen at `at_ms`.
-    pub fn observe(&mut self, seen: &Seen, at_ms: i64) {
+    pub(crate) fn observe(&mut self, seen: &Seen, at_ms: i64) {
         let m = &seen.message;
         let (client, port) = if m.response { seen.dst } else { seen.src };
         let key = (client, port, m.id, m.response);
@@ -460,7 +460,7 @@ pub struct Amplification {
 
 impl DnsReport {
     /// Clients whose search path multiplies their queries (factor 2 or more).
-    pub fn amplifying(&self) -> impl Iterator<Item = &ClientReport> {
+    pub(crate) fn amplifying(&self) -> impl Iterator<Item = &ClientReport> {
         self.clients.iter().filter(|c| c.amplification.as_ref().is_some_and(|a| a.factor >= 2.0))
     }
 

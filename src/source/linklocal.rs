@@ -48,10 +48,10 @@ impl Service {
 }
 
 /// The per-ENI budget the meter measures against: packets per second to link-local services.
-pub const BUDGET_PPS: f64 = 1024.0;
+pub(crate) const BUDGET_PPS: f64 = 1024.0;
 
 /// Bytes of each matching packet the kernel copies (headers only: the meter counts).
-pub const SNAPLEN: u32 = 64;
+pub(crate) const SNAPLEN: u32 = 64;
 
 /// The destinations the meter counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +84,7 @@ impl Targets {
     }
 
     /// Which service a packet (from its IP header on) is addressed to.
-    pub fn classify(&self, packet: &[u8]) -> Option<Service> {
+    pub(crate) fn classify(&self, packet: &[u8]) -> Option<Service> {
         match packet.first()? >> 4 {
             4 => {
                 let dst = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?);
@@ -225,7 +225,7 @@ impl Asm {
 
 /// VPC resolvers named in a resolv.conf: IPv4 nameservers ending in `.2` (VPC+2), the
 /// address every VPC's DNS resolver has besides 169.254.169.253.
-pub fn vpc_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+pub(crate) fn vpc_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
     resolv_conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))

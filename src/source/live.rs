@@ -22,7 +22,7 @@ use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
 
 /// Which interfaces to watch.
 #[derive(Clone, Debug, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Watch interfaces whose name matches, whatever their driver (replaces the default).
     pub include: Option<Regex>,
     /// Never watch interfaces whose name matches.
@@ -57,7 +57,7 @@ impl Selection {
 }
 
 /// Reads the host's interfaces through `SIOCETHTOOL`.
-pub struct LiveSource {
+pub(crate) struct LiveSource {
     ethtool: Ethtool,
     selection: Selection,
     rediscover_every: Duration,

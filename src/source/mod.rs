@@ -97,7 +97,7 @@ impl Schema {
     /// The node_exporter metric name of each stat, in `names` order, made by `name` on first
     /// use. The naming is the metrics layer's (`metrics::compat`), which sits above this
     /// one; the cache lives here because a schema is what the names depend on.
-    pub fn node_exporter_names(&self, name: impl Fn(&str) -> String) -> &[String] {
+    pub(crate) fn node_exporter_names(&self, name: impl Fn(&str) -> String) -> &[String] {
         self.node_exporter_names.get_or_init(|| self.names.iter().map(|n| name(n)).collect())
     }
 }
@@ -144,7 +144,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// Classifies a system error.
-    pub fn from_io(err: &std::io::Error) -> Self {
+    pub(crate) fn from_io(err: &std::io::Error) -> Self {
         match err.raw_os_error() {
             Some(libc::EOPNOTSUPP) => Self::NotSupported,
             Some(libc::EPERM | libc::EACCES) => Self::PermissionDenied,

@@ -41,7 +41,8 @@ pub struct Pods {
 
 impl Pods {
     /// Who `ip` is: a pod, or (for a host-network address) the node.
-    pub fn lookup(&self, ip: &str) -> Option<PodRef> {
+    #[cfg(test)]
+    fn lookup(&self, ip: &str) -> Option<PodRef> {
         self.by_ip.get(ip).cloned()
     }
 
@@ -179,7 +180,7 @@ const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl ApiAccess {
     /// The in-cluster configuration; `Err` says why attribution cannot run.
-    pub fn in_cluster() -> Result<Self, String> {
+    pub(crate) fn in_cluster() -> Result<Self, String> {
         let node = std::env::var("NODE_NAME")
             .map_err(|_| "NODE_NAME is not set (the DaemonSet sets it)".to_owned())?;
         if let Ok(base) = std::env::var("ENAWATCH_KUBE_API") {

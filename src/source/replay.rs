@@ -15,7 +15,7 @@ use crate::source::capture::{Capture, CapturedDevice};
 
 /// How to play a capture.
 #[derive(Clone, Copy, Debug)]
-pub struct Playback {
+pub(crate) struct Playback {
     /// Time compression: 2.0 plays twice as fast; `f64::INFINITY` does not wait at all.
     pub speed: f64,
     /// Start over at the end instead of stopping.
@@ -26,7 +26,7 @@ pub struct Playback {
 }
 
 /// Plays a capture back.
-pub struct ReplaySource {
+pub(crate) struct ReplaySource {
     capture: Capture,
     playback: Playback,
     next: usize,

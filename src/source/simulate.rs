@@ -18,7 +18,7 @@ use crate::base::allowance::{Allowance, CONNTRACK_AVAILABLE};
 use crate::base::parse_duration;
 
 /// The built-in scenarios: name, YAML.
-pub const BUILT_IN: [(&str, &str); 5] = [
+pub(crate) const BUILT_IN: [(&str, &str); 5] = [
     ("steady", include_str!("scenarios/steady.yaml")),
     ("dns-storm", include_str!("scenarios/dns-storm.yaml")),
     ("conntrack-exhaustion", include_str!("scenarios/conntrack-exhaustion.yaml")),

@@ -43,7 +43,7 @@ const HEADROOM: usize = 16 * 1024;
 
 /// An interface name as the kernel takes it: 1 to 15 bytes, no NUL.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct IfName([u8; IFNAMSIZ]);
+pub(crate) struct IfName([u8; IFNAMSIZ]);
 
 impl IfName {
     /// Validates `name`; `None` if the kernel could never accept it.
@@ -60,7 +60,7 @@ impl IfName {
 
 /// What `ETHTOOL_GDRVINFO` says about a device (`ethtool -i`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DriverInfo {
+pub(crate) struct DriverInfo {
     /// Driver name, e.g. `ena`, `virtio_net`, `veth`.
     pub driver: String,
     /// Driver version string.
@@ -81,7 +81,7 @@ pub enum Read<T> {
 }
 
 /// A reusable buffer for `ETHTOOL_GSTATS`, so a sampling tick allocates nothing for the read.
-pub struct StatsBuffer {
+pub(crate) struct StatsBuffer {
     // Word 0 is the `struct ethtool_stats` header (cmd: u32, n_stats: u32); the values follow.
     words: Vec<u64>,
 }
@@ -140,7 +140,7 @@ struct EthtoolSsetInfo {
 
 /// A socket to issue `SIOCETHTOOL` on. It reads devices of the network namespace it was
 /// created in: run in the host namespace (`hostNetwork: true`) to see the node's ENIs.
-pub struct Ethtool {
+pub(crate) struct Ethtool {
     fd: OwnedFd,
 }
 
@@ -179,7 +179,7 @@ impl Ethtool {
     }
 
     /// `ETHTOOL_GDRVINFO`: driver name and versions.
-    pub fn driver_info(&self, name: IfName) -> io::Result<DriverInfo> {
+    pub(crate) fn driver_info(&self, name: IfName) -> io::Result<DriverInfo> {
         // SAFETY: an all-zero `ethtool_drvinfo` is a valid value (integers and byte arrays).
         let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
         info.cmd = ETHTOOL_GDRVINFO;
@@ -195,7 +195,7 @@ impl Ethtool {
 
     /// `ETHTOOL_GSSET_INFO` for `ETH_SS_STATS`: how many driver statistics the device has now.
     /// `Ok(None)` when the driver has no statistics (the `EOPNOTSUPP` case of `ethtool -S`).
-    pub fn stats_count(&self, name: IfName) -> io::Result<Option<usize>> {
+    pub(crate) fn stats_count(&self, name: IfName) -> io::Result<Option<usize>> {
         let mut info =
             EthtoolSsetInfo { cmd: ETHTOOL_GSSET_INFO, reserved: 0, sset_mask: 1 << ETH_SS_STATS, data: [0] };
         // SAFETY: one bit is set in the mask, so the kernel writes at most one `u32` of data.
@@ -205,7 +205,7 @@ impl Ethtool {
     }
 
     /// `ETHTOOL_GSTRINGS` for `ETH_SS_STATS`: the names of the `expected` statistics.
-    pub fn stat_names(&self, name: IfName, expected: usize) -> io::Result<Read<Vec<String>>> {
+    pub(crate) fn stat_names(&self, name: IfName, expected: usize) -> io::Result<Read<Vec<String>>> {
         const HEADER: usize = 12; // cmd, string_set, len: three u32
         let mut buf = vec![0u8; HEADER + (expected + HEADROOM) * ETH_GSTRING_LEN];
         buf[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());

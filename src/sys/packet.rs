@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// One classic BPF instruction (`struct sock_filter`).
-pub type Instruction = libc::sock_filter;
+pub(crate) type Instruction = libc::sock_filter;
 
 // From include/uapi/linux/if_packet.h.
 const PACKET_RX_RING: libc::c_int = 5;
@@ -51,7 +51,7 @@ const BLOCK_SIZE: usize = 64 * 1024;
 
 /// The shape of a receive ring.
 #[derive(Clone, Copy, Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     /// Bytes per frame: the header, the address the kernel adds, and the truncated packet
     /// (a multiple of 16 that divides 64 KiB).
     pub frame_size: usize,
@@ -61,7 +61,7 @@ pub struct Ring {
 
 impl Ring {
     /// The link-local meter's: 4,096 frames of 256 bytes, 4 seconds at 1024 packets a second.
-    pub const METER: Ring = Ring { frame_size: 256, frames: 4096 };
+    pub(crate) const METER: Ring = Ring { frame_size: 256, frames: 4096 };
     /// The DNS capture's: 2,048 frames of 2 KiB.
     pub const DNS: Ring = Ring { frame_size: 2048, frames: 2048 };
 
@@ -71,7 +71,7 @@ impl Ring {
 }
 
 /// A packet socket on one interface, receiving only what its filter accepts into a ring.
-pub struct PacketSocket {
+pub(crate) struct PacketSocket {
     fd: OwnedFd,
     ring: NonNull<u8>,
     shape: Ring,
@@ -186,7 +186,7 @@ impl PacketSocket {
         clippy::cast_ptr_alignment,
         reason = "frames start at multiples of FRAME_SIZE in a page-aligned mapping"
     )]
-    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
+    pub(crate) fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         // At most one lap: frames the kernel fills meanwhile wait for the next call.
         let Ring { frame_size, frames } = self.shape;
