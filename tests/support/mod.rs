@@ -1,12 +1,14 @@
-//! Test harness: network namespaces with veth pairs, the real `enawatch` binary running
-//! inside them, and a minimal HTTP client that reaches it from a thread moved into the same
-//! namespace. Everything is torn down on drop, also when a test fails.
-#![allow(dead_code)] // each test file uses a different part of the harness
+//! Test harness: the real `enawatch` binary as an agent (on the host or inside a network
+//! namespace), network namespaces with veth pairs, a minimal HTTP client that reaches the
+//! agent (from a thread moved into its namespace when it has one), free ports and waiting.
+//! Everything is torn down on drop, also when a test fails.
+#![allow(dead_code, reason = "each test group uses a different part of the harness")]
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -73,7 +75,7 @@ pub fn check_golden(name: &str, actual: &str) {
 pub type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 /// Answers every request on `listener` with 200 and records its path and body.
-pub fn record_posts(listener: std::net::TcpListener) -> Posts {
+pub fn record_posts(listener: TcpListener) -> Posts {
     use std::io::BufRead as _;
     let posts: Posts = Posts::default();
     let store = std::sync::Arc::clone(&posts);
@@ -317,82 +319,139 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The real agent, running inside a namespace.
+/// A port of 127.0.0.1 that nothing listens on (reserved, then released at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Calls `probe` every 100 ms until it returns a value, and returns that value. After
+/// `timeout`, fails the test with "timed out waiting for WHAT" followed by what `context`
+/// says then (it brings its own separator: `"\n{log}"`, `"; agent log:\n{log}"`).
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}{}", context());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `enawatch ARGS`, run to completion.
+pub fn enawatch(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run enawatch")
+}
+
+/// Sends SIGTERM to `child` and waits for it.
+pub fn sigterm(child: &mut Child) -> ExitStatus {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    child.wait().expect("wait")
+}
+
+/// The real agent (`enawatch serve`, or `demo`) listening on 127.0.0.1: on a free port of
+/// the host, or on 9417 inside a network namespace of the test's. Its stdout and stderr go to
+/// files in a directory of its own, which also holds the files given with [`Launch::file`];
+/// it is killed when dropped, also when a test fails.
 pub struct Agent<'a> {
-    pub ns: &'a Netns,
+    ns: Option<&'a Netns>,
     child: Child,
     pub addr: String,
     pub dir: TempDir,
 }
 
-impl<'a> Agent<'a> {
-    /// Starts `enawatch serve` in `ns` on 127.0.0.1:9417 of that namespace, and waits until
-    /// `/healthz` says it has sampled.
-    pub fn start(ns: &'a Netns, args: &[&str]) -> Self {
-        let dir = TempDir::new("agent");
-        let log = File::create(dir.join("stderr.log")).expect("log file");
-        // `ip netns exec` execs the command: the child's PID is the agent's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "serve", "--listen", "127.0.0.1:9417"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn enawatch");
-        let mut agent = Self { ns, child, addr: "127.0.0.1:9417".into(), dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = agent.child.try_wait().expect("wait") {
-                panic!("enawatch exited early ({status}): {}", agent.log());
-            }
-            if agent.get("/healthz").is_ok_and(|r| r.status == 200) {
-                return agent;
-            }
-            assert!(Instant::now() < deadline, "enawatch never became healthy: {}", agent.log());
-            std::thread::sleep(Duration::from_millis(50));
+/// How an [`Agent`] is started: [`Agent::launch`], options, then [`Launch::start`] (waits
+/// until it has sampled) or [`Launch::spawn`] (does not wait).
+pub struct Launch<'a> {
+    ns: Option<&'a Netns>,
+    wrapper: Vec<String>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    clear_env: bool,
+    dir: TempDir,
+}
+
+impl Agent<'static> {
+    /// `enawatch ARGS --listen ADDR` (`ARGS` starts with the subcommand: `serve`, `demo`).
+    pub fn launch(args: &[&str]) -> Launch<'static> {
+        Launch {
+            ns: None,
+            wrapper: Vec::new(),
+            args: args.iter().map(OsString::from).collect(),
+            env: Vec::new(),
+            clear_env: false,
+            dir: TempDir::new("agent"),
         }
+    }
+}
+
+impl<'a> Agent<'a> {
+    /// Starts `enawatch serve ARGS` in `ns` on 127.0.0.1:9417 of that namespace, and waits
+    /// until `/healthz` says it has sampled.
+    pub fn start(ns: &'a Netns, args: &[&str]) -> Self {
+        Agent::launch(&["serve"]).args(args).netns(ns).start()
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Fails the test if the agent has exited.
+    pub fn check_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!("enawatch exited early ({status}): {}", self.log());
+        }
+    }
+
     pub fn get(&self, path: &str) -> std::io::Result<Response> {
         self.get_with(path, &[])
     }
 
+    /// A request from inside the agent's namespace, if it has one.
     pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-        let addr = self.addr.clone();
-        self.ns.run_in(move || http_get(&addr, path, headers))
+        match self.ns {
+            Some(ns) => {
+                let addr = self.addr.clone();
+                ns.run_in(move || http_get(&addr, path, headers))
+            }
+            None => http_get(&self.addr, path, headers),
+        }
     }
 
+    /// `/metrics`, which must answer 200.
     pub fn metrics(&self) -> String {
         let r = self.get("/metrics").expect("scrape");
         assert_eq!(r.status, 200);
         r.text()
     }
 
-    /// The value of one series, if present.
-    pub fn value(&self, series: &str) -> Option<f64> {
-        parse_metrics(&self.metrics()).get(series).copied()
+    /// `/metrics`, or nothing when it does not answer.
+    pub fn scrape(&self) -> String {
+        self.get("/metrics").map(|r| r.text()).unwrap_or_default()
     }
 
-    /// Waits until `cond` holds on a scrape, returning that scrape.
+    /// The value of one series on a scrape, 0 when absent or when the scrape fails.
+    pub fn metric(&self, series: &str) -> f64 {
+        parse_metrics(&self.scrape()).get(series).copied().unwrap_or(0.0)
+    }
+
+    /// Waits (15 s at most) until `cond` holds on a scrape, returning that scrape.
     pub fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = self.metrics();
-            if cond(&m) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last scrape:\n{m}\nlog:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            what,
+            Duration::from_secs(15),
+            || {
+                let m = self.metrics();
+                cond(&m).then_some(m)
+            },
+            || format!("; last scrape:\n{}\nlog:\n{}", self.scrape(), self.log()),
+        )
     }
 
     /// Waits for `n` more sampling ticks.
@@ -402,23 +461,118 @@ impl<'a> Agent<'a> {
         self.wait_for("more ticks", |m| samples(m) >= start + f64::from(n));
     }
 
+    /// What it wrote to stderr (its log) so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits; returns the exit status and how long the exit took.
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status, how long the exit took, and the log.
     pub fn stop(mut self) -> (ExitStatus, Duration, String) {
         let start = Instant::now();
-        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
-        let status = self.child.wait().expect("wait");
+        let status = sigterm(&mut self.child);
         (status, start.elapsed(), self.log())
+    }
+
+    /// Kills it (SIGKILL) and waits; its files stay until it is dropped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for Agent<'_> {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+    }
+}
+
+impl<'a> Launch<'a> {
+    /// Runs the agent in `ns` (`ip netns exec`), on 127.0.0.1:9417 of that namespace.
+    pub fn netns(self, ns: &Netns) -> Launch<'_> {
+        let Launch { wrapper, args, env, clear_env, dir, .. } = self;
+        Launch { ns: Some(ns), wrapper, args, env, clear_env, dir }
+    }
+
+    /// Runs the agent under `command` (e.g. `setpriv … --`), which must exec it.
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|&c| c.to_owned()).collect();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(OsString::from));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts the agent with only the variables given with [`Launch::env`].
+    pub fn env_clear(mut self) -> Self {
+        self.clear_env = true;
+        self
+    }
+
+    /// Writes `text` to `name` in the agent's directory (kept as long as the agent).
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+
+    /// Starts the agent and returns at once.
+    pub fn spawn(self) -> Agent<'a> {
+        let addr = match self.ns {
+            Some(_) => "127.0.0.1:9417".to_owned(),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        // `ip netns exec` and the wrapper exec the command: the child's PID is the agent's.
+        let mut launcher: Vec<OsString> = Vec::new();
+        if let Some(ns) = self.ns {
+            launcher.extend(["ip", "netns", "exec", &ns.name].map(OsString::from));
+        }
+        launcher.extend(self.wrapper.iter().map(OsString::from));
+        launcher.push(BIN.into());
+        let mut cmd = Command::new(&launcher[0]);
+        cmd.args(&launcher[1..]).args(&self.args).args(["--listen", &addr]);
+        if self.clear_env {
+            cmd.env_clear();
+        }
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("stdout.log")).expect("stdout file"))
+            .stderr(File::create(self.dir.join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("spawn enawatch");
+        Agent { ns: self.ns, child, addr, dir: self.dir }
+    }
+
+    /// Starts the agent and waits (15 s at most) until `/healthz` says it has sampled.
+    pub fn start(self) -> Agent<'a> {
+        let mut agent = self.spawn();
+        let log = agent.dir.join("stderr.log");
+        wait_until(
+            "enawatch to become healthy",
+            Duration::from_secs(15),
+            || {
+                agent.check_alive();
+                agent.get("/healthz").is_ok_and(|r| r.status == 200).then_some(())
+            },
+            || format!(": {}", std::fs::read_to_string(&log).unwrap_or_default()),
+        );
+        agent
     }
 }

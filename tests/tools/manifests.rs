@@ -7,15 +7,15 @@
 //!
 //! Needs the `kubernetes-validate` CLI: `pip install kubernetes-validate==1.37.0`.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use regex_lite::Regex;
-use support::yaml::{documents, load, read, seq, text};
 use yaml_serde::Value;
+
+use crate::support;
+use crate::support::yaml::{documents, load, read, seq, text};
 
 /// Kubernetes versions the core manifests must validate against: the oldest EKS version the
 /// manifests promise and a recent one.

@@ -4,14 +4,14 @@
 //! variables, never uses a window shorter than four 60 s scrapes, and no datasource is
 //! hard-coded. The checkers themselves are tested on small broken dashboards, so they can fail.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
+
+use crate::support;
 
 const ENA_UID: &str = "enawatch-ena-allowances";
 const COREDNS_UID: &str = "enawatch-coredns";

@@ -5,14 +5,15 @@
 //! query rate from the node. The routes to the link-local address are checked (`ip route get`)
 //! before a single packet is sent.
 
-#![allow(clippy::float_cmp, clippy::cast_precision_loss)]
-
-mod support;
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "packet counts become rates in f64, far below 2^52"
+)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Agent, Netns, TempDir};
+use crate::support::{self, wait_until, Agent, Netns, TempDir};
 
 struct Lab {
     /// /etc/netns/NODE, where `ip netns exec` finds the node's resolv.conf.
@@ -255,46 +256,24 @@ fn the_meter_sees_the_rate_and_warns_before_the_limiter_drops() {
 fn without_cap_net_raw_the_meter_is_off_and_the_rest_keeps_working() {
     let lab = Lab::new();
     // Drop CAP_NET_RAW from the agent's bounding set (setpriv, util-linux).
-    let dir = TempDir::new("nocap");
-    let log = std::fs::File::create(dir.join("log")).unwrap();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.node.name,
-            "setpriv",
-            "--bounding-set=-net_raw",
-            "--inh-caps=-net_raw",
-            "--",
-        ])
-        .args([
-            support::BIN,
-            "serve",
-            "--device-include",
-            "^vnode0$",
-            "--linklocal-meter",
-            "--listen",
-            "127.0.0.1:9417",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let addr = "127.0.0.1:9417".to_owned();
-    let metrics = loop {
-        let m = lab.node.run_in(|| support::http_get(&addr, "/metrics", &[]).map(|r| r.text()));
-        if let Ok(m) = m {
-            if m.contains("ena_interface_info{device=\"vnode0\"") {
-                break m;
-            }
-        }
-        assert!(Instant::now() < deadline, "the agent did not serve");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    let mut agent = Agent::launch(&["serve", "--device-include", "^vnode0$", "--linklocal-meter"])
+        .netns(&lab.node)
+        .wrapper(&["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--"])
+        .spawn();
+    let metrics = wait_until(
+        "the agent to serve",
+        Duration::from_secs(15),
+        || {
+            agent
+                .get("/metrics")
+                .ok()
+                .map(|r| r.text())
+                .filter(|m| m.contains("ena_interface_info{device=\"vnode0\""))
+        },
+        String::new,
+    );
+    agent.kill();
+    let log = agent.log();
     assert!(log.contains("the link-local meter needs CAP_NET_RAW"), "{log}");
     assert_eq!(log.matches("CAP_NET_RAW").count(), 1, "said once: {log}");
     assert!(!metrics.contains("ena_linklocal_packets_total{"), "no meter series without the meter");

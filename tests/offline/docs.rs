@@ -1,5 +1,5 @@
 //! The README's generated sections equal what the binary generates (one source of truth).
-//! After an intended change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test docs`.
+//! After an intended change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test offline docs::`.
 
 use std::path::Path;
 
@@ -31,6 +31,6 @@ fn readme_tables_are_generated() {
     }
     assert!(
         stale.is_empty(),
-        "README sections {stale:?} are stale: run ENAWATCH_UPDATE_GOLDEN=1 cargo test --test docs"
+        "README sections {stale:?} are stale: run ENAWATCH_UPDATE_GOLDEN=1 cargo test --test offline docs::"
     );
 }

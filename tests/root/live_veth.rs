@@ -1,20 +1,16 @@
 //! The real binary reading real interfaces: veth pairs in network namespaces of the test's
 //! own (root required). Values are compared with what `ethtool -S` reports.
 
-// Metric values are f64 on the wire; the kernel's counters are u64: comparing them exactly is
-// the point of these tests.
-#![allow(
+#![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::float_cmp,
-    clippy::cast_precision_loss
+    clippy::cast_precision_loss,
+    reason = "metric values are f64 on the wire and the kernel's counters u64: comparing them exactly is the point"
 )]
-
-mod support;
 
 use std::time::Duration;
 
-use support::{parse_metrics, Agent, Netns, VethLab};
+use crate::support::{parse_metrics, Agent, Netns, VethLab};
 
 /// Compat series `node_net_ethtool{device="DEV",type=...}` of one device, as stat → value.
 fn showmax_values(metrics: &str, dev: &str) -> std::collections::BTreeMap<String, u64> {

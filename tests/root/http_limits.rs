@@ -1,13 +1,11 @@
 //! A port open on every node must not let a client stall the agent: idle connections, a
 //! slow client and an oversized request cost the client, never the sampler or other scrapes.
 
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{parse_metrics, Agent, Netns};
+use crate::support::{self, parse_metrics, Agent, Netns};
 
 #[test]
 fn slow_and_oversized_clients_cannot_stall_sampling_or_scrapes() {

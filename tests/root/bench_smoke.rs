@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-mod support;
+use crate::support;
 
 #[test]
 fn quick_run_prints_both_tools_and_the_floor() {

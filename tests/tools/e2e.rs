@@ -8,21 +8,14 @@
 //! (`LinkLocalAllowanceExceeded` within about two minutes, `ConntrackAllowanceExceeded`
 //! within about three), never the other way round.
 
-mod support;
-
 use std::fmt::Write as _;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{http_get, Posts, TempDir, BIN};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::support::{self, free_port, http_get, wait_until, Agent, Posts, TempDir};
 
 /// A child process killed (by PID) when dropped.
 struct Proc {
@@ -118,7 +111,6 @@ fn webhook_alerts(seen: &Mutex<Vec<(String, String)>>) -> Vec<(String, String, s
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn shipped_rules_and_alertmanager_page_on_simulated_throttling() {
     let dir = TempDir::new("e2e");
     let root = env!("CARGO_MANIFEST_DIR");
@@ -129,12 +121,9 @@ fn shipped_rules_and_alertmanager_page_on_simulated_throttling() {
     for (node, scenario) in
         [("sim-dns", "dns-storm"), ("sim-conntrack", "conntrack-exhaustion"), ("sim-steady", "steady")]
     {
-        let port = free_port();
-        let args: Vec<String> = ["serve", "--simulate", scenario, "--listen", &format!("127.0.0.1:{port}")]
-            .map(String::from)
-            .to_vec();
-        nodes.push(Proc::start("enawatch", &dir, BIN, &args));
-        let _ = write!(targets, "      - targets: ['127.0.0.1:{port}']\n        labels: {{node: {node}}}\n");
+        let agent = Agent::launch(&["serve", "--simulate", scenario]).spawn();
+        let _ = write!(targets, "      - targets: ['{}']\n        labels: {{node: {node}}}\n", agent.addr);
+        nodes.push(agent);
     }
 
     let (receiver_port, seen) = receiver();
@@ -169,42 +158,41 @@ fn shipped_rules_and_alertmanager_page_on_simulated_throttling() {
 
     // The shipped rules load unchanged.
     let prom = format!("127.0.0.1:{prom_port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        prometheus.check_alive();
-        if let Ok(r) = http_get(&prom, "/api/v1/rules", &[]) {
-            if r.status == 200 && r.text().contains("LinkLocalAllowanceExceeded") {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "Prometheus never loaded the rules");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        "Prometheus to load the rules",
+        Duration::from_secs(60),
+        || {
+            prometheus.check_alive();
+            http_get(&prom, "/api/v1/rules", &[])
+                .is_ok_and(|r| r.status == 200 && r.text().contains("LinkLocalAllowanceExceeded"))
+                .then_some(())
+        },
+        String::new,
+    );
 
     let want = |alerts: &[(String, String, serde_json::Value)], name: &str, node: &str| {
         alerts.iter().find(|(n, status, l)| n == name && status == "firing" && l["node"] == node).cloned()
     };
-    let deadline = Instant::now() + Duration::from_secs(6 * 60);
-    let (linklocal, conntrack) = loop {
-        prometheus.check_alive();
-        alertmanager.check_alive();
-        for node in &mut nodes {
-            node.check_alive();
-        }
-        let alerts = webhook_alerts(&seen);
-        if let (Some(a), Some(b)) = (
-            want(&alerts, "LinkLocalAllowanceExceeded", "sim-dns"),
-            want(&alerts, "ConntrackAllowanceExceeded", "sim-conntrack"),
-        ) {
-            break (a, b);
-        }
-        let firing = http_get(&prom, "/api/v1/alerts", &[]).map(|r| r.text()).unwrap_or_default();
-        assert!(
-            Instant::now() < deadline,
-            "alerts did not reach the webhook in time; webhook got {alerts:?}\nPrometheus alerts: {firing}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let (linklocal, conntrack) = wait_until(
+        "the alerts at the webhook",
+        Duration::from_secs(6 * 60),
+        || {
+            prometheus.check_alive();
+            alertmanager.check_alive();
+            for node in &mut nodes {
+                node.check_alive();
+            }
+            let alerts = webhook_alerts(&seen);
+            Some((
+                want(&alerts, "LinkLocalAllowanceExceeded", "sim-dns")?,
+                want(&alerts, "ConntrackAllowanceExceeded", "sim-conntrack")?,
+            ))
+        },
+        || {
+            let firing = http_get(&prom, "/api/v1/alerts", &[]).map(|r| r.text()).unwrap_or_default();
+            format!("; webhook got {:?}\nPrometheus alerts: {firing}", webhook_alerts(&seen))
+        },
+    );
 
     // The right labels, straight from the scrape and the shipped rule.
     let labels = &linklocal.2;

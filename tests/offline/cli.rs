@@ -1,15 +1,7 @@
 //! Bad input at the command line and in the config file: a clear message that names the
 //! field and the value, and exit code 2, before anything is served.
 
-mod support;
-
-use std::process::{Command, Output};
-
-use support::{TempDir, BIN};
-
-fn enawatch(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run enawatch")
-}
+use crate::support::{enawatch, TempDir};
 
 fn assert_bad_input(args: &[&str], message: &str) {
     let out = enawatch(args);

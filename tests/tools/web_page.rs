@@ -3,25 +3,14 @@
 //! window, and the browser makes no request outside 127.0.0.1. Screenshots are kept in
 //! tests/artifacts/ for people to look at.
 
-mod support;
-
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{http_get, TempDir, BIN};
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{wait_until, Agent, TempDir};
 
 /// Runs headless Chromium on `url` with every non-loopback request sent to `proxy`.
 fn chromium(dir: &TempDir, proxy: u16, size: &str, url: &str, output: &[&str]) -> String {
@@ -52,22 +41,14 @@ fn the_page_shows_live_charts_and_the_alert_banner() {
         "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      min_throttled: 2s\n      for: 0s\n",
     )
     .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let _agent = Agent(
-        Command::new(BIN)
-            .args(["serve", "--simulate", "dns-storm", "--listen", &addr, "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let agent = Agent::launch(&["serve", "--simulate", "dns-storm", "--config"]).arg(&config).spawn();
+    let addr = agent.addr.clone();
+    wait_until(
+        "the local alert to fire",
+        Duration::from_secs(40),
+        || agent.get("/api/v1/alerts").is_ok_and(|r| r.text().contains("\"firing\"")).then_some(()),
+        String::new,
     );
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !http_get(&addr, "/api/v1/alerts", &[]).is_ok_and(|r| r.text().contains("\"firing\"")) {
-        assert!(Instant::now() < deadline, "the local alert never fired");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 
     // A proxy that records and never answers: every request for another host comes here.
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -2,15 +2,13 @@
 //! checked-in files, promtool lints and unit-tests them, amtool checks both Alertmanager
 //! configurations and their routes, and every alert has a runbook.
 //!
-//! After an intended rule change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test package`.
-
-mod support;
+//! After an intended rule change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test tools package::`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::{TempDir, BIN};
 use enawatch::generate::rules::{self, Flavour};
-use support::{TempDir, BIN};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +44,7 @@ fn checked_in_rules_equal_what_the_binary_renders() {
         let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             checked_in == rendered,
-            "{} is stale: run `{} > {}` (or ENAWATCH_UPDATE_GOLDEN=1 cargo test --test package)",
+            "{} is stale: run `{} > {}` (or ENAWATCH_UPDATE_GOLDEN=1 cargo test --test tools package::)",
             flavour.path(),
             flavour.command(),
             flavour.path()

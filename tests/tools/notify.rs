@@ -2,90 +2,42 @@
 //! formats, a real Alertmanager (Debian) through its v2 API, and a receiver that is down for
 //! a while and then comes back. Everything on 127.0.0.1.
 
-// Counter values are whole numbers on the wire; comparing them exactly is the point.
-#![allow(clippy::float_cmp)]
-
-mod support;
+#![expect(
+    clippy::float_cmp,
+    reason = "counter values are whole numbers on the wire: comparing them exactly is the point"
+)]
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use support::{http_get, parse_metrics, Posts, TempDir, BIN};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::support::{self, free_port, http_get, wait_until, Agent, Posts, TempDir};
 
 /// Records every POST (path, body) sent to `listener`.
 fn receive(listener: TcpListener) -> Posts {
     support::record_posts(listener)
 }
 
-struct Agent {
-    child: Child,
-    addr: String,
-    dir: TempDir,
-}
-
-impl Agent {
-    /// Runs a simulation whose link-local drops start at 1 s and last `drop_seconds`, with
-    /// the link-local warning made fast (2 s of drops within 5 s, no `for`) so alerts fire
-    /// and resolve within seconds, and the given receivers.
-    fn start(drop_seconds: u32, receivers: &str) -> Self {
-        let dir = TempDir::new("notify");
-        let scenario = dir.join("scenario.yaml");
-        std::fs::write(
-            &scenario,
-            format!(
-                "description: t\ndevices: 1\nconntrack_available: 50000\nevents:\n  - kind: drops\n    \
-                 allowance: linklocal\n    at: 1s\n    duration: {drop_seconds}s\n    rate: 300\n"
-            ),
-        )
-        .unwrap();
-        let config = dir.join("enawatch.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      \
-                 min_throttled: 2s\n      window: 5s\n      for: 0s\n      keep_firing_for: 0s\n  receivers:\n{receivers}"
-            ),
-        )
-        .unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
-            .args(["serve", "--simulate", scenario.to_str().unwrap(), "--listen", &addr, "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, addr, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        let m = http_get(&self.addr, "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
-        parse_metrics(&m).get(series).copied().unwrap_or(0.0)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, agent: &Agent, timeout: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; agent log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Runs a simulation whose link-local drops start at 1 s and last `drop_seconds`, with the
+/// link-local warning made fast (2 s of drops within 5 s, no `for`) so alerts fire and
+/// resolve within seconds, and the given receivers.
+fn agent(drop_seconds: u32, receivers: &str) -> Agent<'static> {
+    let launch = Agent::launch(&["serve"]);
+    let scenario = launch.file(
+        "scenario.yaml",
+        &format!(
+            "description: t\ndevices: 1\nconntrack_available: 50000\nevents:\n  - kind: drops\n    \
+             allowance: linklocal\n    at: 1s\n    duration: {drop_seconds}s\n    rate: 300\n"
+        ),
+    );
+    let config = launch.file(
+        "enawatch.yaml",
+        &format!(
+            "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      \
+             min_throttled: 2s\n      window: 5s\n      for: 0s\n      keep_firing_for: 0s\n  receivers:\n{receivers}"
+        ),
+    );
+    launch.arg("--simulate").arg(scenario).arg("--config").arg(config).spawn()
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -104,10 +56,13 @@ fn webhook_and_slack_get_firing_then_resolved() {
         "    - type: webhook\n      url: http://127.0.0.1:{port}/hook\n    - type: slack\n      url_file: {}\n",
         slack_url.display()
     );
-    let agent = Agent::start(4, &receivers);
-    wait_for("firing and resolved at both receivers", &agent, Duration::from_secs(30), || {
-        posts.lock().unwrap().len() >= 4
-    });
+    let agent = agent(4, &receivers);
+    wait_until(
+        "firing and resolved at both receivers",
+        Duration::from_secs(30),
+        || (posts.lock().unwrap().len() >= 4).then_some(()),
+        || format!("; agent log:\n{}", agent.log()),
+    );
 
     let posts = posts.lock().unwrap().clone();
     let hooks: Vec<serde_json::Value> =
@@ -143,10 +98,16 @@ fn a_receiver_down_for_a_while_gets_everything_once_in_order() {
     let port = free_port();
     let receivers =
         format!("    - type: webhook\n      name: flaky\n      url: http://127.0.0.1:{port}/hook\n");
-    let agent = Agent::start(4, &receivers);
-    wait_for("retries while the receiver is down", &agent, Duration::from_secs(30), || {
-        agent.metric("enawatch_notifications_total{receiver=\"flaky\",outcome=\"retried\"}") >= 2.0
-    });
+    let agent = agent(4, &receivers);
+    wait_until(
+        "retries while the receiver is down",
+        Duration::from_secs(30),
+        || {
+            (agent.metric("enawatch_notifications_total{receiver=\"flaky\",outcome=\"retried\"}") >= 2.0)
+                .then_some(())
+        },
+        || format!("; agent log:\n{}", agent.log()),
+    );
     // Sampling goes on while the receiver is down.
     let samples = agent.metric("enawatch_samples_total");
     std::thread::sleep(Duration::from_millis(2100));
@@ -154,9 +115,12 @@ fn a_receiver_down_for_a_while_gets_everything_once_in_order() {
     assert!(agent.log().contains("cannot notify; retrying with backoff"), "{}", agent.log());
 
     let posts = receive(TcpListener::bind(("127.0.0.1", port)).unwrap());
-    wait_for("delivery after the receiver came back", &agent, Duration::from_secs(60), || {
-        posts.lock().unwrap().len() >= 2
-    });
+    wait_until(
+        "delivery after the receiver came back",
+        Duration::from_secs(60),
+        || (posts.lock().unwrap().len() >= 2).then_some(()),
+        || format!("; agent log:\n{}", agent.log()),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let posts = posts.lock().unwrap().clone();
     let statuses: Vec<String> =
@@ -192,16 +156,20 @@ fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
         .spawn()
         .expect("prometheus-alertmanager (Debian package) must be installed; scripts/test installs it");
     let am_addr = format!("127.0.0.1:{am_port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(&am_addr, "/-/ready", &[]).map_or(true, |r| r.status != 200) {
-        assert!(Instant::now() < deadline, "Alertmanager did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "Alertmanager to start",
+        Duration::from_secs(20),
+        || http_get(&am_addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200).then_some(()),
+        String::new,
+    );
 
-    let agent = Agent::start(30, &format!("    - type: alertmanager\n      url: http://{am_addr}\n"));
-    wait_for("Alertmanager's notification", &agent, Duration::from_secs(40), || {
-        posts.lock().unwrap().iter().any(|(p, _)| p == "/am")
-    });
+    let agent = agent(30, &format!("    - type: alertmanager\n      url: http://{am_addr}\n"));
+    wait_until(
+        "Alertmanager's notification",
+        Duration::from_secs(40),
+        || posts.lock().unwrap().iter().any(|(p, _)| p == "/am").then_some(()),
+        || format!("; agent log:\n{}", agent.log()),
+    );
     let _ = am.kill();
     let _ = am.wait();
     let body = json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1);

@@ -1,12 +1,10 @@
 //! `enawatch top` driven in a real terminal (tmux): the throttled device is highlighted, `q`
 //! exits, and the terminal is left as it was found (cooked mode, main screen).
 
-mod support;
-
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{TempDir, BIN};
+use crate::support::{wait_until, TempDir, BIN};
 
 struct Tmux {
     socket: String,
@@ -40,15 +38,12 @@ impl Tmux {
     }
 
     fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if cond(&screen) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{screen}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            what,
+            Duration::from_secs(20),
+            || Some(self.screen()).filter(|screen| cond(screen)),
+            || format!(":\n{}", self.screen()),
+        )
     }
 }
 
@@ -82,11 +77,12 @@ fn top_highlights_the_throttled_device_and_q_restores_the_terminal() {
     tmux.wait_for("the shell again", |s| !s.contains("ALLOWANCE") && s.trim_end().ends_with(['#', '$']));
     let flags = dir.join("stty.txt");
     tmux.type_line(&format!("stty -a | tr ' ' '\\n' > {}", flags.display()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&flags).map_or(true, |m| m.len() == 0) {
-        assert!(Instant::now() < deadline, "stty never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "stty to run",
+        Duration::from_secs(10),
+        || std::fs::metadata(&flags).is_ok_and(|m| m.len() > 0).then_some(()),
+        String::new,
+    );
     std::thread::sleep(Duration::from_millis(100));
     let flags = std::fs::read_to_string(flags).unwrap();
     for flag in ["icanon", "echo", "isig"] {

@@ -1,21 +1,17 @@
 //! Captures taken from real interfaces: the README's shell loop and `enawatch record`, run in
 //! a veth lab (root), then analyzed and replayed by the real binary.
 
-// Metric values are f64 on the wire; the kernel's counters are u64: comparing them exactly is
-// the point of these tests.
-#![allow(
+#![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     clippy::float_cmp,
-    clippy::cast_precision_loss
+    reason = "metric values are f64 on the wire and the kernel's counters u64: comparing them exactly is the point"
 )]
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use support::{parse_metrics, Agent, Netns, TempDir, VethLab, BIN};
+use crate::support::{parse_metrics, Agent, Netns, TempDir, VethLab, BIN};
 
 /// The shell loop exactly as the README shows it.
 fn readme_loop() -> String {

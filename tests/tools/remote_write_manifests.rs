@@ -10,13 +10,13 @@
 //!
 //! Needs the `kubernetes-validate` CLI: `pip install kubernetes-validate==1.37.0`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use support::yaml::{load, read, seq, text};
 use yaml_serde::Value;
+
+use crate::support;
+use crate::support::yaml::{load, read, seq, text};
 
 const BASE: &str = "deploy/kubernetes";
 const COMPONENT: &str = "deploy/kubernetes/alternatives/remote-write";

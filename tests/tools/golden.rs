@@ -2,7 +2,7 @@
 //! stat names, from tests/data), rendered in both formats and compared with the checked-in
 //! files. `promtool check metrics` must be clean on the text output.
 //!
-//! After an intended change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test golden`.
+//! After an intended change: `ENAWATCH_UPDATE_GOLDEN=1 cargo test --test tools golden::`.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -16,8 +16,7 @@ use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
 
-mod support;
-use support::check_golden;
+use crate::support::check_golden;
 
 /// `ethtool -S` text → (names, values).
 fn ethtool_s(text: &str) -> (Vec<String>, Vec<u64>) {
@@ -58,7 +57,7 @@ fn with(schema: &Schema, values: &[u64], set: &[(&str, u64)]) -> Arc<[u64]> {
 }
 
 fn scripted_run() -> Arc<enawatch::history::Snapshot> {
-    let (names, base) = ethtool_s(include_str!("data/ena-6.12-4q-synthetic.ethtool-S.txt"));
+    let (names, base) = ethtool_s(include_str!("../data/ena-6.12-4q-synthetic.ethtool-S.txt"));
     let ens5_schema = Arc::new(Schema::new(names));
     // An older driver: the five counters only, in another order.
     let old_names: Vec<String> = [

@@ -2,18 +2,15 @@
 //! watch events in the real API's JSON, tests/data/k8s/): the node's pods by address, a pod
 //! replaced under the same address, and an API that forbids the request.
 
-mod support;
-
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{http_get, TempDir, BIN};
+use crate::support::Agent;
 
-const LIST: &str = include_str!("data/k8s/pods-list.json");
-const WATCH: &str = include_str!("data/k8s/pods-watch.jsonl");
+const LIST: &str = include_str!("../data/k8s/pods-list.json");
+const WATCH: &str = include_str!("../data/k8s/pods-watch.jsonl");
 const NODE: &str = "ip-10-0-0-10.ec2.internal";
 
 /// Serves the API: the list, then the watch's events one by one. `status` answers every
@@ -61,34 +58,16 @@ fn api(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, requests)
 }
 
-struct Agent(Child, String, TempDir);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent(api_port: u16) -> Agent {
-    let dir = TempDir::new("pods");
-    let addr =
-        format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-    let child = Command::new(BIN)
-        .args(["serve", "--simulate", "steady", "--pod-attribution", "--listen", &addr])
+/// The agent on a simulated node, attributing to pods through the API on `api_port`.
+fn agent(api_port: u16) -> Agent<'static> {
+    Agent::launch(&["serve", "--simulate", "steady", "--pod-attribution"])
         .env("NODE_NAME", NODE)
         .env("ENAWATCH_KUBE_API", format!("http://127.0.0.1:{api_port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
-        .unwrap();
-    Agent(child, addr, dir)
 }
 
 fn pods(agent: &Agent) -> serde_json::Value {
-    http_get(&agent.1, "/api/v1/pods", &[])
-        .map(|r| serde_json::from_str(&r.text()).unwrap())
-        .unwrap_or_default()
+    agent.get("/api/v1/pods").map(|r| serde_json::from_str(&r.text()).unwrap()).unwrap_or_default()
 }
 
 fn pod_at(v: &serde_json::Value, ip: &str) -> Option<String> {
@@ -145,7 +124,7 @@ fn a_forbidden_api_turns_attribution_off_with_one_line_and_nothing_else_changes(
     let agent = agent(port);
     let deadline = Instant::now() + Duration::from_secs(15);
     let log = loop {
-        let log = std::fs::read_to_string(agent.2.join("log")).unwrap_or_default();
+        let log = agent.log();
         if log.contains("pod attribution is off") || Instant::now() > deadline {
             break log;
         }
@@ -153,9 +132,9 @@ fn a_forbidden_api_turns_attribution_off_with_one_line_and_nothing_else_changes(
     };
     assert!(log.contains("403"), "says why: {log}");
     std::thread::sleep(Duration::from_secs(2));
-    let log = std::fs::read_to_string(agent.2.join("log")).unwrap();
+    let log = agent.log();
     assert_eq!(log.matches("pod attribution is off").count(), 1, "{log}");
-    let metrics = http_get(&agent.1, "/metrics", &[]).unwrap();
+    let metrics = agent.get("/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     assert!(metrics.text().contains("ena_interface_info{device=\"ens5\""));
 }

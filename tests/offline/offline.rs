@@ -1,14 +1,9 @@
 //! The offline commands as a user runs them: analyze, simulate help, and their bad input.
 
-mod support;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use std::process::{Command, Output};
-
-use support::{check_golden, TempDir, BIN};
-
-fn enawatch(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run enawatch")
-}
+use crate::support::{check_golden, enawatch, parse_metrics, Agent, TempDir, BIN};
 
 fn write(dir: &TempDir, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -72,7 +67,7 @@ fn analyze_takes_a_bare_dump_from_stdin() {
         .unwrap();
     std::io::Write::write_all(
         child.stdin.as_mut().unwrap(),
-        include_bytes!("data/ena-allowances-aws-docs-excerpt.txt"),
+        include_bytes!("../data/ena-allowances-aws-docs-excerpt.txt"),
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
@@ -145,32 +140,23 @@ fn replay_flags_need_a_replay_and_a_sane_speed() {
 
 #[test]
 fn the_demo_shows_link_local_throttling_within_a_minute() {
-    let dir = TempDir::new("demo");
-    // A free loopback port for the demo.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let (stdout, stderr) = (dir.join("out.txt"), dir.join("err.txt"));
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &listen])
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // On a free loopback port.
+    let mut demo = Agent::launch(&["demo"]).spawn();
+    let listen = demo.addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let log = loop {
-        let log = std::fs::read_to_string(&stderr).unwrap();
-        if log.contains("allowance exceeded") || std::time::Instant::now() > deadline {
+        let log = demo.log();
+        if log.contains("allowance exceeded") || Instant::now() > deadline {
             break log;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     };
-    let metrics = support::http_get(&listen, "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
+    let metrics = demo.scrape();
+    demo.kill();
     assert!(log.contains("device=\"ens5\" allowance=\"linklocal\""), "{log}");
-    let directions = std::fs::read_to_string(&stdout).unwrap();
+    let directions = demo.stdout();
     assert!(directions.contains(&format!("http://{listen}/metrics")), "{directions}");
-    let seconds = support::parse_metrics(&metrics)
+    let seconds = parse_metrics(&metrics)
         ["ena_allowance_exceeded_seconds_total{device=\"ens5\",allowance=\"linklocal\"}"];
     assert!(seconds >= 1.0, "{metrics}");
 }

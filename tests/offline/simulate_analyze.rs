@@ -2,13 +2,10 @@
 //! recording — the episodes found are exactly the episodes injected (count, start, end,
 //! packets, peak), and resets and glitches are reported, never counted as drops.
 
-// Metric values are f64 on the wire; the kernel's counters are u64: comparing them exactly is
-// the point of these tests.
-#![allow(
-    clippy::cast_possible_truncation,
+#![expect(
     clippy::cast_sign_loss,
-    clippy::float_cmp,
-    clippy::cast_precision_loss
+    clippy::cast_precision_loss,
+    reason = "metric values are f64 on the wire and the injected counts u64: comparing them exactly is the point"
 )]
 
 use std::fmt::Write as _;

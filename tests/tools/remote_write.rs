@@ -20,96 +20,50 @@
 //! botocore==1.43.11`). Nothing here contacts AWS: the agent runs with a cleared environment
 //! and every AWS endpoint pointed at tests/remote_write/aws_mock.py.
 
-// Sample values are whole numbers or exact copies on both sides: comparing them exactly is
-// the point.
-#![allow(clippy::float_cmp)]
-
-mod support;
+#![expect(
+    clippy::float_cmp,
+    reason = "sample values are whole numbers or exact copies on both sides: comparing them exactly is the point"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enawatch::remote_write::proto::{decode_request, DecodedSeries};
-use support::{http_get, parse_metrics, TempDir, BIN};
+
+use crate::support::{free_port, http_get, parse_metrics, sigterm, wait_until, Agent, TempDir, BIN};
 
 const BOTOCORE: &str = "python3 -m pip install botocore==1.43.11";
 const NODE: &str = "ip-10-0-1-23.ec2.internal";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", context());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn sigterm(child: &mut Child) -> ExitStatus {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    child.wait().unwrap()
-}
-
 // === the agent ===
 
-/// The real binary, `serve --simulate` with a config file, on its own port.
-struct Agent {
-    child: Child,
-    addr: String,
-    log: PathBuf,
+/// The real binary, `serve --simulate SCENARIO` with `config` as its config file and only
+/// the given environment (no AWS variable of the host's can leak in), once it has sampled.
+fn start_agent(scenario: &str, config: &str, env: &[(&str, String)]) -> Agent<'static> {
+    let mut launch = Agent::launch(&["serve", "--simulate", scenario]).env_clear();
+    let config = launch.file("enawatch.yaml", config);
+    launch = launch.arg("--config").arg(config);
+    for (key, value) in env {
+        launch = launch.env(key, value);
+    }
+    launch.start()
 }
 
-impl Agent {
-    /// Starts the agent with only the given environment (no AWS variable of the host's can
-    /// leak in) and waits until it has sampled. `tag` names its log file in `dir`.
-    fn start(dir: &TempDir, tag: &str, scenario: &str, config: &str, env: &[(&str, String)]) -> Self {
-        let config_path = dir.join(&format!("{tag}.yaml"));
-        std::fs::write(&config_path, config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join(&format!("{tag}.log"));
-        let child = Command::new(BIN)
-            .args(["serve", "--simulate", scenario, "--listen", &addr, "--config"])
-            .arg(&config_path)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut agent = Self { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while agent.metric("enawatch_samples_total") < 1.0 {
-            if let Some(status) = agent.child.try_wait().unwrap() {
-                panic!("the agent exited ({status}):\n{}", agent.log());
-            }
-            assert!(Instant::now() < deadline, "the agent never sampled:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
+/// What the remote-write tests read off an agent.
+trait RemoteWriteAgent {
+    fn outcome(&self, endpoint: &str, outcome: &str) -> f64;
+    fn pending(&self, endpoint: &str) -> f64;
+    /// SIGTERM, which it must exit from cleanly, and the log.
+    fn stop_cleanly(self) -> String;
+}
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn scrape(&self) -> String {
-        http_get(&self.addr, "/metrics", &[]).map(|r| r.text()).unwrap_or_default()
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        parse_metrics(&self.scrape()).get(series).copied().unwrap_or(0.0)
-    }
-
+impl RemoteWriteAgent for Agent<'_> {
     fn outcome(&self, endpoint: &str, outcome: &str) -> f64 {
         self.metric(&format!(
             "enawatch_remote_write_samples_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}}"
@@ -120,18 +74,10 @@ impl Agent {
         self.metric(&format!("enawatch_remote_write_pending_samples{{endpoint=\"{endpoint}\"}}"))
     }
 
-    /// SIGTERM, and the log.
-    fn stop(mut self) -> String {
-        let status = sigterm(&mut self.child);
-        assert!(status.success(), "the agent exited with {status}:\n{}", self.log());
-        self.log()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop_cleanly(self) -> String {
+        let (status, _, log) = self.stop();
+        assert!(status.success(), "the agent exited with {status}:\n{log}");
+        log
     }
 }
 
@@ -181,7 +127,7 @@ fn parse_series(key: &str) -> (String, Vec<(String, String)>) {
 /// One scrape as canonical series → value, and the time of the sample it shows (ms).
 fn recorded(text: &str) -> (i64, BTreeMap<String, f64>) {
     let metrics = parse_metrics(text);
-    #[allow(clippy::cast_possible_truncation)] // milliseconds, exactly representable
+    #[expect(clippy::cast_possible_truncation, reason = "milliseconds, exactly representable")]
     let at = (metrics.get("enawatch_last_sample_timestamp_seconds").copied().unwrap_or(0.0) * 1000.0).round()
         as i64;
     let series = metrics
@@ -234,8 +180,8 @@ impl Prometheus {
         wait_until(
             "Prometheus to be ready",
             Duration::from_secs(30),
-            || http_get(&addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200),
-            || std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default(),
+            || http_get(&addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200).then_some(()),
+            || format!("\n{}", std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()),
         );
     }
 
@@ -264,7 +210,7 @@ impl Prometheus {
             let key = canonical(name, labels, skip);
             let values: &mut BTreeMap<i64, f64> = out.entry(key).or_default();
             for point in series["values"].as_array().unwrap() {
-                #[allow(clippy::cast_possible_truncation)] // milliseconds, exactly representable
+                #[expect(clippy::cast_possible_truncation, reason = "milliseconds, exactly representable")]
                 let at = (point[0].as_f64().unwrap() * 1000.0).round() as i64;
                 values.insert(at, point[1].as_str().unwrap().parse().unwrap());
             }
@@ -328,7 +274,7 @@ fn prometheus_stores_exactly_what_the_agent_showed() {
          - {{url: '{url}', name: coarse, resolution: 5s, batch_send_deadline: 1s,\n\
             external_labels: {{stream: coarse, node: '${{NODE_NAME}}', cluster: test}}}}\n"
     );
-    let agent = Agent::start(&dir, "agent", "dns-storm", &config, &[("NODE_NAME", NODE.into())]);
+    let agent = start_agent("dns-storm", &config, &[("NODE_NAME", NODE.into())]);
 
     // What the agent shows, one scrape per sample, for 20 s (the storm's first burst is at 8 s).
     let mut shown: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
@@ -345,7 +291,7 @@ fn prometheus_stores_exactly_what_the_agent_showed() {
     let external = ["stream", "node", "cluster"];
     let full = prom.samples("{stream=\"full\"}", &external);
     let coarse = prom.samples("{stream=\"coarse\"}", &external);
-    let log = agent.stop();
+    let log = agent.stop_cleanly();
 
     assert!(shown.len() >= 15, "{} samples shown", shown.len());
     let mut compared = 0;
@@ -417,22 +363,22 @@ fn a_prometheus_outage_and_an_agent_restart_lose_nothing() {
         prom.addr(),
         spool.display()
     );
-    let first = Agent::start(&dir, "first", "dns-storm", &config, &[]);
+    let first = start_agent("dns-storm", &config, &[]);
     wait_until(
         "a first delivery",
         Duration::from_secs(10),
-        || first.outcome("prom", "sent") > 0.0,
-        || first.log(),
+        || (first.outcome("prom", "sent") > 0.0).then_some(()),
+        || format!("\n{}", first.log()),
     );
 
     prom.stop();
     std::thread::sleep(Duration::from_secs(8));
     assert!(first.outcome("prom", "retried") > 0.0, "{}", first.log());
     let first_seq = first.metric("enawatch_samples_total");
-    let first_log = first.stop();
+    let first_log = first.stop_cleanly();
     assert!(first_log.contains("cannot push samples; retrying with backoff"), "{first_log}");
 
-    let second = Agent::start(&dir, "second", "dns-storm", &config, &[]);
+    let second = start_agent("dns-storm", &config, &[]);
     assert!(
         second.log().contains("spool: resending what the previous process could not deliver"),
         "{}",
@@ -454,8 +400,9 @@ fn a_prometheus_outage_and_an_agent_restart_lose_nothing() {
             stored
                 .get("enawatch_samples_total{}")
                 .is_some_and(|s| runs(s).get(1).is_some_and(|r| r.len() as f64 >= n))
+                .then_some(())
         },
-        || second.log(),
+        || format!("\n{}", second.log()),
     );
     let stored = prom.samples("enawatch_samples_total", &["node"]);
     let runs = runs(&stored["enawatch_samples_total{}"]);
@@ -474,7 +421,7 @@ fn a_prometheus_outage_and_an_agent_restart_lose_nothing() {
             }
         }
     }
-    let log = second.stop();
+    let log = second.stop_cleanly();
     assert!(log.contains("remote-write endpoint reachable again"), "{log}");
 }
 
@@ -532,7 +479,7 @@ impl Receiver {
         wait_until(
             "the listener to close",
             Duration::from_secs(5),
-            || TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            || TcpStream::connect(("127.0.0.1", self.port)).is_err().then_some(()),
             String::new,
         );
     }
@@ -651,7 +598,7 @@ fn a_flaky_receiver_gets_every_sample_exactly_once() {
     let dir = TempDir::new("rw-flaky");
     let receiver = Receiver::start();
     let config = rw_config(&receiver.url(), Some(&dir.join("spool")));
-    let first = Agent::start(&dir, "first", "steady", &config, &[]);
+    let first = start_agent("steady", &config, &[]);
     std::thread::sleep(Duration::from_secs(3));
     receiver.set(Mode::Unavailable);
     std::thread::sleep(Duration::from_secs(4));
@@ -659,20 +606,20 @@ fn a_flaky_receiver_gets_every_sample_exactly_once() {
     std::thread::sleep(Duration::from_secs(2));
     let first_seq = first.metric("enawatch_samples_total");
     assert!(first.outcome("test", "retried") > 0.0);
-    first.stop();
-    let second = Agent::start(&dir, "second", "steady", &config, &[]);
+    first.stop_cleanly();
+    let second = start_agent("steady", &config, &[]);
     std::thread::sleep(Duration::from_secs(3));
     receiver.set(Mode::Accept);
     receiver.reopen();
     wait_until(
         "the backlog to be delivered",
         Duration::from_secs(30),
-        || second.pending("test") < 60.0 && second.outcome("test", "sent") > 0.0,
-        || second.log(),
+        || (second.pending("test") < 60.0 && second.outcome("test", "sent") > 0.0).then_some(()),
+        || format!("\n{}", second.log()),
     );
     let second_seq = second.metric("enawatch_samples_total");
     std::thread::sleep(Duration::from_secs(2));
-    let log = second.stop();
+    let log = second.stop_cleanly();
 
     let seen = receiver.seen.lock().unwrap();
     let twice: Vec<_> = counts(&seen.accepted).into_iter().filter(|(_, n)| *n > 1).collect();
@@ -693,30 +640,34 @@ fn a_flaky_receiver_gets_every_sample_exactly_once() {
 /// counted while sampling and the other endpoint carry on.
 #[test]
 fn receiver_errors_are_dropped_retried_or_waited_for_as_they_say() {
-    let dir = TempDir::new("rw-errors");
     let receiver = Receiver::start();
     let down = format!("http://127.0.0.1:{}/api/v1/write", free_port());
     let config = format!(
         "{}- {{url: '{down}', name: down, resolution: 1s, min_backoff: 100ms, max_backoff: 1s, queue_duration: 3s}}\n",
         rw_config(&receiver.url(), None)
     );
-    let agent = Agent::start(&dir, "agent", "steady", &config, &[]);
+    let agent = start_agent("steady", &config, &[]);
     let started = Instant::now();
-    wait_until("a delivery", Duration::from_secs(10), || agent.outcome("test", "sent") > 0.0, || agent.log());
+    wait_until(
+        "a delivery",
+        Duration::from_secs(10),
+        || (agent.outcome("test", "sent") > 0.0).then_some(()),
+        || format!("\n{}", agent.log()),
+    );
 
     receiver.set(Mode::RejectOnce);
     wait_until(
         "the rejection",
         Duration::from_secs(10),
-        || agent.outcome("test", "failed") > 0.0,
-        || agent.log(),
+        || (agent.outcome("test", "failed") > 0.0).then_some(()),
+        || format!("\n{}", agent.log()),
     );
     receiver.set(Mode::TooManyOnce);
     wait_until(
         "the 429",
         Duration::from_secs(10),
-        || receiver.seen.lock().unwrap().attempts.iter().any(|(_, s)| *s == 429),
-        || agent.log(),
+        || receiver.seen.lock().unwrap().attempts.iter().any(|(_, s)| *s == 429).then_some(()),
+        || format!("\n{}", agent.log()),
     );
     std::thread::sleep(Duration::from_secs(5));
     let samples = agent.metric("enawatch_samples_total");
@@ -725,7 +676,7 @@ fn receiver_errors_are_dropped_retried_or_waited_for_as_they_say() {
     let down_retried = agent.outcome("down", "retried");
     let down_pending = agent.pending("down");
     let down_dropped = agent.outcome("down", "dropped");
-    let log = agent.stop();
+    let log = agent.stop_cleanly();
 
     let seen = receiver.seen.lock().unwrap();
     // The 400: dropped, counted, logged with the reason, never sent again.
@@ -818,7 +769,8 @@ struct AwsMock {
     port: u16,
     /// With --tls-cert: the same, over TLS.
     tls_port: u16,
-    dir: TempDir,
+    /// The token files it checks against, kept while it runs.
+    _dir: TempDir,
 }
 
 impl AwsMock {
@@ -848,7 +800,7 @@ impl AwsMock {
             let err = std::fs::read_to_string(dir.join("mock.err")).unwrap_or_default();
             panic!("aws_mock.py did not start (botocore missing? {BOTOCORE}):\n{err}");
         };
-        Self { child, port, tls_port: ports.get(1).copied().unwrap_or(0), dir }
+        Self { child, port, tls_port: ports.get(1).copied().unwrap_or(0), _dir: dir }
     }
 
     fn url(&self, path: &str) -> String {
@@ -890,10 +842,10 @@ fn sigv4_case(
     env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT", mock.url("")));
     let env: Vec<(&str, String)> =
         env.into_iter().map(|(k, v)| (k, v.replace("MOCK", &format!("127.0.0.1:{}", mock.port)))).collect();
-    let agent = Agent::start(&mock.dir, case, "steady", &config, &env);
+    let agent = start_agent("steady", &config, &env);
     std::thread::sleep(Duration::from_secs(10));
     let sent = agent.outcome("amp", "sent");
-    let log = agent.stop();
+    let log = agent.stop_cleanly();
 
     let stats = mock.stats();
     let writes: Vec<&serde_json::Value> =
@@ -1034,18 +986,18 @@ fn tls_with_a_private_ca_and_secrets_from_files() {
         plain = plain.url("/plain/basic"),
         password = password.display(),
     );
-    let agent = Agent::start(&certs, "agent", "steady", &config, &[]);
+    let agent = start_agent("steady", &config, &[]);
     wait_until(
         "deliveries",
         Duration::from_secs(15),
-        || agent.outcome("tls", "sent") > 0.0 && agent.outcome("basic", "sent") > 0.0,
-        || agent.log(),
+        || (agent.outcome("tls", "sent") > 0.0 && agent.outcome("basic", "sent") > 0.0).then_some(()),
+        || format!("\n{}", agent.log()),
     );
     // A rotated Secret applies to the next request.
     std::fs::write(&token, "bearer-secret-2\n").unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let untrusted = agent.outcome("untrusted", "retried");
-    let log = agent.stop();
+    let log = agent.stop_cleanly();
 
     let tls_seen: Vec<String> = tls.stats()["plain"]
         .as_array()

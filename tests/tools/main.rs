@@ -1,0 +1,18 @@
+//! Integration tests that run other programs next to the binary, on 127.0.0.1 only: Debian's
+//! promtool, Prometheus, amtool and Alertmanager, tmux, headless Chromium and openssl, and
+//! the PyPI packages kubernetes-validate and botocore (`scripts/test` installs them all).
+//! `cargo test --test tools` runs them; no root is needed.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod dashboards;
+mod e2e;
+mod golden;
+mod manifests;
+mod notify;
+mod package;
+mod remote_write;
+mod remote_write_manifests;
+mod top_tmux;
+mod web_page;
