@@ -5,10 +5,7 @@
 //! query rate from the node. The routes to the link-local address are checked (`ip route get`)
 //! before a single packet is sent.
 
-#![expect(
-    clippy::cast_precision_loss,
-    reason = "packet counts become rates in f64, far below 2^52"
-)]
+#![expect(clippy::cast_precision_loss, reason = "packet counts become rates in f64, far below 2^52")]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
