@@ -81,7 +81,8 @@ pub struct Settings {
     pub pod_attribution: Option<bool>,
 
     /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
-    /// comma-separated. Default: the nameservers ending in .2 in /etc/resolv.conf.
+    /// comma-separated, at most 256. Default: the nameservers ending in .2 in
+    /// /etc/resolv.conf.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub vpc_resolvers: Option<Vec<String>>,
 
@@ -316,6 +317,17 @@ impl Settings {
 impl Settings {
     /// The link-local meter's targets, when the meter is on.
     fn linklocal_targets(&self) -> Result<Option<crate::source::linklocal::Targets>, ConfigError> {
+        use crate::source::linklocal::MAX_VPC_RESOLVERS;
+        if let Some(list) = self.vpc_resolvers.as_ref().filter(|l| l.len() > MAX_VPC_RESOLVERS) {
+            return Err(invalid(
+                "vpc_resolvers",
+                Some(&format!("{} addresses", list.len())),
+                &format!(
+                    "is more than the limit of {MAX_VPC_RESOLVERS} (the kernel compares every packet \
+                     the device sends with each one)"
+                ),
+            ));
+        }
         if !self.linklocal_meter.unwrap_or(false) {
             return Ok(None);
         }
@@ -367,7 +379,17 @@ impl Config {
             alerts: self.alerts.clone(),
             remote_write: self.remote_write.iter().map(crate::remote_write::Endpoint::effective).collect(),
         };
-        yaml_serde::to_string(&settings).unwrap_or_default()
+        let mut yaml = yaml_serde::to_string(&settings).unwrap_or_default();
+        match yaml.chars().last() {
+            None | Some('\n') => {}
+            // libyaml ends a document whose last value ends in a line break of its own
+            // (`\r`, U+0085, U+2028, U+2029, e.g. in a path) without a newline; one added
+            // would become part of that value. A document end marker on the next line
+            // ends the output in a newline and reads back to the same configuration.
+            Some('\r' | '\u{85}' | '\u{2028}' | '\u{2029}') => yaml.push_str("...\n"),
+            Some(_) => yaml.push('\n'),
+        }
+        yaml
     }
 
     /// History points kept per device.

@@ -10,6 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use enawatch::base::wall_ms;
+use enawatch::history::Store;
+use enawatch::http::AppState;
+use enawatch::metrics::Options;
+use enawatch::remote_write::queue::{SeriesSet, Step};
+use enawatch::remote_write::spool::{Recovered, Spool};
+use enawatch::remote_write::{resolve_all, EndpointConfig, Pusher};
+use enawatch::sampler::{Sampler, Settings};
+use enawatch::source::{Device, Reading, Sample, Schema, Source};
 use support::{TempDir, BIN};
 
 /// Per request: when it arrived (Unix ms), and the date its 429 asked to wait for, if any.
@@ -110,4 +118,492 @@ fn notifier_honours_an_http_date_retry_after() {
         date - retry
     );
     assert!(retry < date + 2000, "retried {} ms after the Retry-After date\n{log}", retry - date);
+}
+
+/// A regression input kept in `tests/data/regressions/`.
+fn regression_data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/regressions").join(name)
+}
+
+/// A free address on 127.0.0.1 (reserved, then released for the agent to bind).
+fn free_listen_address() -> String {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// The agent, killed when the test ends (also when it fails).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a GET of `path` on `addr` got: `None` when nothing listens there yet, else the raw
+/// response (empty when the connection was dropped without one).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = Vec::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_end(&mut response);
+    }
+    Some(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// A sample in which the ENA driver reported every allowance counter as zero (the glitch,
+/// held back by the counter semantics) right after the device's stat set changed kept the
+/// old values under the new stat layout: `/metrics` with the compatibility families indexed
+/// past the end of the values and the scrape panicked (the image's `panic = "abort"` profile
+/// kills the agent). The sampler now replaces a device's values and layout together, and the
+/// renderers skip a position that is out of range.
+#[test]
+fn scrape_after_glitch_on_a_changed_stat_set_does_not_panic() {
+    let dir = TempDir::new("regression");
+    let capture = regression_data("capture-glitch-schema-change-compat-oob.txt");
+    let listen = free_listen_address();
+    let _agent = Agent(
+        Command::new(BIN)
+            .args(["serve", "--replay"])
+            .arg(&capture)
+            .args(["--speed", "1000", "--compat", "showmax,node-exporter", "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    // Both samples replayed: the second is the glitch under the new stat set.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        assert!(Instant::now() < deadline, "the replay did not reach its second sample\n{}", log());
+        let Some(response) = http_get(&listen, "/metrics") else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        assert!(response.starts_with("HTTP/1.1 200"), "the scrape failed: {response:?}\n{}", log());
+        if response.contains("\nenawatch_samples_total 2\n") {
+            break response;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The glitch is held back: the compatibility families still show the last real value.
+    assert!(
+        body.contains("node_net_ethtool{device=\"ens5\",type=\"linklocal_allowance_exceeded\"} 5\n"),
+        "{body}"
+    );
+    assert!(body.contains("node_ethtool_linklocal_allowance_exceeded{device=\"ens5\"} 5\n"), "{body}");
+    assert!(!log().contains("panicked"), "{}", log());
+}
+
+/// Writes steps (id, time) of one series with the spool's own writer, into one segment of
+/// `dir`, and returns that segment's path.
+fn spool_of(dir: &std::path::Path, steps: &[(u64, i64)]) -> std::path::PathBuf {
+    let set = Arc::new(SeriesSet { labels: vec![b"one series".to_vec().into_boxed_slice()] });
+    let (mut spool, _) = Spool::open(dir, 100).unwrap();
+    for &(id, at_ms) in steps {
+        spool.append(&Step { id, at_ms, set: Arc::clone(&set), values: [0.5].into() }).unwrap();
+    }
+    drop(spool);
+    let segments: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "spool"))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments[0].clone()
+}
+
+fn step_ids(recovered: &Recovered) -> Vec<u64> {
+    recovered.steps.iter().map(|s| s.id).collect()
+}
+
+/// One damaged byte in a segment's first record (its series set) made `Spool::open` read
+/// nothing from the segment and delete it, with every intact step in it, and the agent
+/// logged that at info as a torn write. The writer now writes the set again after the first
+/// step that uses it, the reader resynchronises on the next valid record, a file is deleted
+/// only when nothing in it can be read, and the damage is logged at warn with file and offset.
+#[test]
+fn a_damaged_byte_in_a_spool_segments_first_record_loses_no_step() {
+    let dir = TempDir::new("regression");
+    let spool = dir.join("spool").join("rw");
+    let segment = spool_of(&spool, &[(1, 1000), (2, 2000), (3, 3000), (4, 4000), (5, 5000)]);
+    let mut data = std::fs::read(&segment).unwrap();
+    data[12] ^= 0x01; // the set record's series count, inside its CRC
+    std::fs::write(&segment, &data).unwrap();
+
+    let (_, recovered) = Spool::open(&spool, 100).unwrap();
+    assert_eq!(step_ids(&recovered), [1, 2, 3, 4, 5], "{:?}", recovered.damaged);
+    assert!(segment.exists(), "a segment that could be read is never deleted");
+    let reports: Vec<String> = recovered.damaged.iter().map(ToString::to_string).collect();
+    let segment_name = segment.display().to_string();
+    assert!(
+        reports.iter().any(|r| r.contains(&segment_name) && r.contains("byte 0")),
+        "the damage is reported with its file and offset: {reports:?}"
+    );
+
+    // The agent says so at warn, with the file and the offset.
+    let config = dir.join("enawatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "remote_write:\n  - url: http://{}/api/v1/write\n    name: rw\n    spool_dir: '{}'\n",
+            free_listen_address(),
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .args(["serve", "--simulate", "steady", "--listen", &free_listen_address(), "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        if let Some(line) = log().lines().find(|l| l.contains("spool:") && l.contains(&segment_name)) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the damage was not logged\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains(" WARN ") && line.contains("offset=0"), "{line}");
+}
+
+/// One damaged record in the middle of a segment made reading stop there: every intact step
+/// after it was lost. Records are length- and CRC-framed, so the reader now scans forward
+/// to the next valid record and loses only the damaged one.
+#[test]
+fn a_damaged_record_in_the_middle_of_a_spool_segment_loses_only_that_step() {
+    let dir = TempDir::new("regression");
+    let steps: Vec<(u64, i64)> = (1..=6).map(|id| (id, i64::try_from(id).unwrap() * 1000)).collect();
+    let segment = spool_of(&dir.0, &steps);
+    let mut data = std::fs::read(&segment).unwrap();
+    // Step 3's record: its payload starts with the record type (2) and the id.
+    let mut head = vec![2u8];
+    head.extend_from_slice(&3u64.to_le_bytes());
+    let at = data.windows(head.len()).position(|w| w == head).expect("step 3 is in the segment");
+    data[at + 9] ^= 0x01; // its time, inside its CRC
+    std::fs::write(&segment, &data).unwrap();
+
+    let (_, recovered) = Spool::open(&dir.0, 100).unwrap();
+    assert_eq!(step_ids(&recovered), [1, 2, 4, 5, 6], "{:?}", recovered.damaged);
+    let reports: Vec<String> = recovered.damaged.iter().map(ToString::to_string).collect();
+    assert!(reports.iter().any(|r| r.contains(&format!("byte {}", at - 8))), "{reports:?}");
+}
+
+/// A step whose id was `u64::MAX` (a valid CRC around a damaged or foreign id) made
+/// `Spool::open` compute `id + 1` and overflow. Ids beyond any the writer gives are now
+/// damage: the step is skipped and reported, and numbering goes on after the intact ones.
+#[test]
+fn a_spooled_step_id_of_u64_max_does_not_overflow() {
+    let dir = TempDir::new("regression");
+    spool_of(&dir.0, &[(1, 1000), (2, 2000), (u64::MAX, 3000)]);
+    let (_, recovered) = Spool::open(&dir.0, 100).unwrap();
+    assert_eq!(step_ids(&recovered), [1, 2]);
+    assert_eq!(recovered.next_id, 3);
+    let reports: Vec<String> = recovered.damaged.iter().map(ToString::to_string).collect();
+    assert!(reports.iter().any(|r| r.contains(&u64::MAX.to_string())), "{reports:?}");
+}
+
+/// Samples of a source that has nothing to read: one snapshot per tick, stamped now.
+struct Ticks;
+
+impl Source for Ticks {
+    fn sample(&mut self, now_ms: i64) -> Option<Sample> {
+        Some(Sample { at_ms: now_ms, ..Sample::default() })
+    }
+}
+
+/// A spooled step stamped later than the wall clock (taken while the clock was ahead)
+/// became the collector's "last step", and every new sample, being earlier, was dropped
+/// until the clock caught up. Such a step is still sent, but no longer holds back new ones.
+#[test]
+fn a_spooled_step_stamped_after_the_clock_does_not_hold_back_new_samples() {
+    let dir = TempDir::new("regression");
+    let tomorrow = wall_ms() + 86_400_000;
+    spool_of(&dir.join("rw"), &[(1, tomorrow)]);
+    let config = EndpointConfig {
+        url: "http://127.0.0.1:9/api/v1/write".into(),
+        name: Some("rw".into()),
+        resolution: Some("1s".into()),
+        spool_dir: Some(dir.0.clone()),
+        ..EndpointConfig::default()
+    };
+    let interval = Duration::from_secs(1);
+    let endpoints = resolve_all(&[config], interval).unwrap();
+    let stats = enawatch::remote_write::stats(&endpoints);
+    let store = Arc::new(Store::new(10));
+    let options =
+        Options { compat: Vec::new(), interval, notify: None, remote_write: Some(Arc::clone(&stats)) };
+    let pusher = Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, interval).unwrap();
+    let settings = Settings { interval, compat_stats: None, forget_after_ms: 60_000 };
+    Sampler::new(Box::new(Ticks), settings, Arc::clone(&store)).tick(wall_ms()).unwrap();
+    drop(pusher); // the collector takes the latest snapshot as it stops
+
+    let (_, recovered) = Spool::open(&dir.join("rw"), 100).unwrap();
+    assert_eq!(step_ids(&recovered), [1, 2], "the new sample was spooled after the future one");
+    assert!(recovered.steps[1].at_ms < tomorrow);
+}
+
+/// `count` distinct VPC+2 addresses.
+fn resolvers(count: usize) -> Vec<std::net::Ipv4Addr> {
+    (0..u32::try_from(count).unwrap()).map(|i| std::net::Ipv4Addr::from(0x0a00_0002 + (i << 8))).collect()
+}
+
+/// What the kernel returns for an IPv4 `packet` (from its IP header on) sent or received by
+/// the device: the bytes the meter's socket gets, 0 for a drop. A classic BPF interpreter for
+/// the instructions the meter uses, failing on any other or on a jump out of the program.
+fn filter(program: &[libc::sock_filter], outgoing: bool, packet: &[u8]) -> u32 {
+    let ancillary = |field: libc::c_int| u32::from_ne_bytes((libc::SKF_AD_OFF + field).to_ne_bytes());
+    let (mut pc, mut a) = (0, 0u32);
+    loop {
+        let ins = program.get(pc).unwrap_or_else(|| panic!("jumped out of the program, to {pc}"));
+        pc += 1;
+        match u32::from(ins.code) {
+            c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                a = if ins.k == ancillary(libc::SKF_AD_PKTTYPE) {
+                    u32::from(if outgoing { libc::PACKET_OUTGOING } else { libc::PACKET_HOST })
+                } else if ins.k == ancillary(libc::SKF_AD_PROTOCOL) {
+                    u32::try_from(libc::ETH_P_IP).unwrap()
+                } else {
+                    let at = usize::try_from(ins.k).unwrap();
+                    let Some(word) = packet.get(at..at + 4) else { return 0 };
+                    u32::from_be_bytes(word.try_into().unwrap())
+                };
+            }
+            c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                pc += usize::from(if a == ins.k { ins.jt } else { ins.jf });
+            }
+            c if c == libc::BPF_JMP | libc::BPF_JA => pc += usize::try_from(ins.k).unwrap(),
+            c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
+            c => panic!("unexpected instruction {c:#x} at {}", pc - 1),
+        }
+    }
+}
+
+/// About 240 `vpc_resolvers` or more made the link-local meter's classic-BPF builder panic
+/// (its conditional jumps have 8-bit offsets), crash-looping the DaemonSet. The builder now
+/// writes a jump that would reach too far as a comparison skipping a 32-bit jump: the
+/// program for the longest list the configuration accepts counts exactly the right packets.
+#[test]
+fn a_filter_program_for_the_longest_vpc_resolvers_list_is_correct() {
+    let list = resolvers(enawatch::source::linklocal::MAX_VPC_RESOLVERS);
+    let program = enawatch::source::linklocal::Targets::new(&list).program();
+    assert!(program.len() <= 4096, "the kernel takes at most 4096 instructions: {}", program.len());
+    let to = |dst: std::net::Ipv4Addr| {
+        let mut packet = vec![0x45u8; 20];
+        packet[16..20].copy_from_slice(&dst.octets());
+        packet
+    };
+    let fixed = ["169.254.169.253", "169.254.169.254", "169.254.169.123"].map(|a| a.parse().unwrap());
+    for dst in fixed.into_iter().chain(list.iter().copied()) {
+        assert_eq!(filter(&program, true, &to(dst)), 64, "a packet to {dst} is counted");
+        assert_eq!(filter(&program, false, &to(dst)), 0, "a packet from {dst} is not");
+    }
+    for dst in ["10.0.0.1", "10.1.0.3", "8.8.8.8", "169.254.169.252"] {
+        assert_eq!(filter(&program, true, &to(dst.parse().unwrap())), 0, "a packet to {dst} is not counted");
+    }
+}
+
+/// `--check-config` accepted a `vpc_resolvers` list of any length, one the agent then could
+/// not start with. The list is now bounded, and one entry over the bound is an error that
+/// names the field and the limit (exit 2).
+#[test]
+fn a_vpc_resolvers_list_over_the_limit_is_refused_at_check_config() {
+    let max = enawatch::source::linklocal::MAX_VPC_RESOLVERS;
+    let check = |n: usize| {
+        let list: Vec<String> = resolvers(n).iter().map(ToString::to_string).collect();
+        Command::new(BIN)
+            .args(["serve", "--check-config", "--linklocal-meter", "--vpc-resolvers", &list.join(",")])
+            .output()
+            .unwrap()
+    };
+    let at_limit = check(max);
+    assert!(at_limit.status.success(), "{}", String::from_utf8_lossy(&at_limit.stderr));
+    let over = check(max + 1);
+    let stderr = String::from_utf8_lossy(&over.stderr);
+    assert_eq!(over.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("vpc_resolvers") && stderr.contains(&format!("limit of {max}")), "{stderr}");
+}
+
+/// The capture writer escaped only space, `=`, `%` and newline in driver strings, so a `\r`
+/// (the reproducer: what `record` wrote for a driver name holding one), a tab or other
+/// Unicode whitespace made `record` write captures that `analyze` refused. Every character
+/// that would end a word or a line is now written as `%XX`: writing then parsing round-trips.
+#[test]
+fn captures_of_driver_strings_with_any_whitespace_read_back() {
+    use enawatch::source::capture::{parse, write_sample, CapturedDevice, CapturedSample, HEADER};
+
+    let reproducer =
+        std::fs::read_to_string(regression_data("capture-writer-unescaped-whitespace.txt")).unwrap();
+    assert!(parse(&reproducer, "reproducer", "eth0", 0).is_err(), "the old writer's output stays unreadable");
+    let sample = |driver: &str| CapturedSample {
+        at_ms: 7,
+        devices: vec![CapturedDevice {
+            name: "d".into(),
+            attributes: vec![("driver".into(), driver.into())],
+            stats: vec![("linklocal_allowance_exceeded".into(), 5)],
+        }],
+    };
+    let dir = TempDir::new("regression");
+    for driver in
+        ["\r88J", "a\tb", "trailing\r", "nel\u{85}", "nbsp\u{a0}", "ls\u{2028}", "em\u{2003}", "%0A=%"]
+    {
+        let sample = sample(driver);
+        let mut written = HEADER.as_bytes().to_vec();
+        write_sample(&mut written, &sample).unwrap();
+        let text = String::from_utf8(written).unwrap();
+        let parsed =
+            parse(&text, "written", "eth0", 0).unwrap_or_else(|e| panic!("{driver:?}: {e}\n{text:?}"));
+        assert_eq!(parsed.samples, [sample], "{driver:?}: {text:?}");
+        // `analyze` reads it too.
+        let file = dir.join("capture.txt");
+        std::fs::write(&file, &text).unwrap();
+        let out = Command::new(BIN).arg("analyze").arg(&file).output().unwrap();
+        assert!(out.status.success(), "{driver:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A netlink error message whose errno is `i32::MIN` (the reproducer, 20 bytes) made the
+/// link-dump parser overflow negating it. It is now an error that says which errno it was.
+#[test]
+fn a_netlink_error_with_errno_i32_min_is_an_error_not_an_overflow() {
+    let datagram = std::fs::read(regression_data("netlink-errno-min-minimal.bin")).unwrap();
+    let err = enawatch::sys::parse_dump(&datagram, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("errno -2147483648"), "{err}");
+}
+
+/// One device, `ens5`, whose link-local counter reads 5 at every tick.
+struct OneDevice;
+
+impl Source for OneDevice {
+    fn sample(&mut self, now_ms: i64) -> Option<Sample> {
+        let device = Device {
+            name: "ens5".into(),
+            driver: "ena".into(),
+            driver_version: String::new(),
+            firmware_version: String::new(),
+            bus_info: String::new(),
+            eni: None,
+        };
+        let schema = Schema::new(vec!["linklocal_allowance_exceeded".into()]);
+        let reading = Reading {
+            device: Arc::new(device),
+            schema: Arc::new(schema),
+            values: [5][..].into(),
+            linklocal: None,
+        };
+        Some(Sample { at_ms: now_ms, readings: vec![reading], ..Sample::default() })
+    }
+}
+
+/// `/api/v1/history?seconds=N` multiplied N by 1000 unchecked: from about `i64::MAX / 1000`
+/// on, the request overflowed (a panic in debug builds, a wrapped window and an empty
+/// answer in release). The window now saturates: any span longer than the history is all of it.
+#[tokio::test]
+async fn history_seconds_near_i64_max_over_1000_do_not_overflow() {
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let store = Arc::new(Store::new(10));
+    let interval = Duration::from_secs(1);
+    let settings = Settings { interval, compat_stats: None, forget_after_ms: 60_000 };
+    Sampler::new(Box::new(OneDevice), settings, Arc::clone(&store)).tick(wall_ms()).unwrap();
+    let state = Arc::new(AppState {
+        store,
+        metrics: Options { compat: Vec::new(), interval, notify: None, remote_write: None },
+        source: "test".into(),
+        started_ms: 0,
+        history: Duration::from_secs(900),
+        dns: None,
+        pods: None,
+    });
+    for seconds in [(i64::MAX / 1000 + 1).to_string(), i64::MAX.to_string(), u64::MAX.to_string()] {
+        let uri = format!("/api/v1/history?device=ens5&seconds={seconds}");
+        let request = axum::http::Request::get(&uri).body(Body::empty()).unwrap();
+        let response = enawatch::http::app(Arc::clone(&state)).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{uri}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["t"].as_array().map(Vec::len), Some(1), "{uri}: the whole history: {body}");
+    }
+}
+
+/// Huge `rate`, `at` or `duration` values in a scenario (the file can say anything a `u64`
+/// or a duration can hold) overflowed the simulation's arithmetic. It now saturates: the
+/// counters pin at `u64::MAX`, which the counter semantics then handle as any driver value.
+#[test]
+fn a_scenario_with_huge_rates_and_times_does_not_overflow() {
+    use enawatch::source::simulate::{Scenario, SimulatedSource};
+
+    let forever = "4294967295d".repeat(30); // more milliseconds than an i64 holds
+    let yaml = format!(
+        "description: huge\nconntrack_available: 18446744073709551615\nlinklocal_pps: 4294967295\nevents:\n\
+         \x20 - {{kind: drops, allowance: linklocal, rate: 18446744073709551615, at: 1s, duration: {forever}}}\n\
+         \x20 - {{kind: drops, allowance: pps, rate: 18446744073709551615, at: {forever}, duration: {forever}}}\n\
+         \x20 - {{kind: conntrack, to: 0, at: 1s, duration: {forever}}}\n\
+         \x20 - {{kind: conntrack, to: 18446744073709551615, at: {forever}, duration: 1s}}\n\
+         \x20 - {{kind: glitch, at: {forever}, every: {forever}}}\n\
+         \x20 - {{kind: reset, at: 2s, every: {forever}}}\n"
+    );
+    let scenario = Scenario::parse(&yaml, "huge.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let mut source = SimulatedSource::new(scenario.clone());
+    for t in [0, 999, 1000, 1001, 2000, 86_400_000, i64::MAX / 2, i64::MAX - 1, i64::MAX] {
+        let sample = source.sample_at(t, t);
+        assert!(!sample.readings.is_empty(), "t={t}");
+    }
+    // And the way the agent plays it: ticks from a start time on, a second apart and a year apart.
+    let start = wall_ms();
+    for now in [start, start + 1000, start + 2000, start + 31_536_000_000] {
+        let sample = source.sample(now).unwrap();
+        assert!(sample.readings.iter().all(|r| r.values.len() == r.schema.names.len()), "now={now}");
+    }
+}
+
+/// `enawatch serve --check-config` printed a configuration that did not end in a newline
+/// when its last value ended in a line break YAML knows but a text file does not (here a
+/// receiver's `url_file` whose name ends in U+2028): the output now always ends in `\n`, and
+/// stays a config file that reads back to the same configuration.
+#[test]
+fn check_config_output_ends_with_a_newline() {
+    let dir = TempDir::new("regression");
+    let url_file = dir.join("url\n\u{2028}");
+    std::fs::write(&url_file, "http://127.0.0.1:9/hook\n").unwrap();
+    let config = dir.join("enawatch.yaml");
+    let path = url_file.display().to_string().replace('\n', "\\n").replace('\u{2028}', "\\L");
+    std::fs::write(
+        &config,
+        format!("alerts:\n  receivers:\n    - type: webhook\n      url_file: \"{path}\"\n"),
+    )
+    .unwrap();
+    let check = |config: Option<&std::path::Path>| {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--check-config"]);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = check(Some(&config));
+    assert!(printed.ends_with('\n'), "{printed:?}");
+    // Read back, the printed configuration prints the same.
+    let again = dir.join("again.yaml");
+    std::fs::write(&again, &printed).unwrap();
+    assert_eq!(check(Some(&again)), printed);
+    // Otherwise the output is as it was, ending in its last value's newline.
+    let plain = check(None);
+    assert!(plain.ends_with("log_format: text\n"), "{plain:?}");
 }

@@ -260,8 +260,11 @@ async fn history(
     if let Some(resp) = unknown_device(&snapshot, &q.device) {
         return resp;
     }
-    let since =
-        q.seconds.map_or(i64::MIN, |s| snapshot.at_ms - i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000);
+    // A span longer than any history asks for all of it: the arithmetic saturates, so no
+    // `seconds` can overflow.
+    let since = q.seconds.map_or(i64::MIN, |s| {
+        snapshot.at_ms.saturating_sub(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000))
+    });
     let points: Vec<Point> = state.store.read_history(|h| h.points(&q.device).collect());
     let mut body = HistoryBody {
         device: q.device,

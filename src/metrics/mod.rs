@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use self::encode::{Encoder, Format, Kind, Value};
 use self::telemetry::{NotifyStats, RemoteWriteStats};
 use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
-use crate::history::{Snapshot, State, LINKLOCAL_BUCKETS};
+use crate::history::{DeviceState, Snapshot, State, LINKLOCAL_BUCKETS};
 use crate::source::linklocal::Service;
 
 /// An opt-in compatibility family.
@@ -402,14 +402,18 @@ fn showmax(e: &mut impl Sink, snapshot: &Snapshot) {
     const NAME: &str = "node_net_ethtool";
     e.family(NAME, Kind::Gauge, "Raw ethtool driver statistics (compatibility: showmax ethtool exporter).");
     for d in &snapshot.devices {
-        for &i in d.compat.iter() {
-            e.sample(
-                NAME,
-                &[("device", &d.device.name), ("type", &d.schema.names[i])],
-                Value::Int(d.values[i]),
-            );
+        for (_, name, value) in compat_stats(d) {
+            e.sample(NAME, &[("device", &d.device.name), ("type", name)], Value::Int(value));
         }
     }
+}
+
+/// The (position, name, value) of each stat of `d` the compatibility families export. The
+/// sampler replaces a device's values and stat layout together, so every position is in
+/// range; one that is not (a broken invariant) is skipped, because a scrape must never take
+/// the agent down.
+fn compat_stats(d: &DeviceState) -> impl Iterator<Item = (usize, &str, u64)> {
+    d.compat.iter().filter_map(|&i| Some((i, d.schema.names.get(i)?.as_str(), *d.values.get(i)?)))
 }
 
 fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
@@ -418,10 +422,11 @@ fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
     let mut families: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();
     for d in &snapshot.devices {
         let names = d.schema.node_exporter_names(compat::node_exporter_name);
-        for &i in d.compat.iter() {
-            let samples = families.entry(&names[i]).or_default();
+        for (i, stat, value) in compat_stats(d) {
+            let Some(name) = names.get(i) else { continue };
+            let samples = families.entry(name).or_default();
             if samples.last().is_none_or(|(device, _, _)| *device != d.device.name) {
-                samples.push((&d.device.name, &d.schema.names[i], d.values[i]));
+                samples.push((&d.device.name, stat, value));
             }
         }
     }
@@ -431,5 +436,56 @@ fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
         for (device, _, value) in samples {
             e.sample(name, &[("device", device)], Value::Int(value));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::history::{DeviceCounters, DeviceState};
+    use crate::source::{Device, Schema};
+
+    #[test]
+    fn compatibility_families_skip_positions_past_the_values_instead_of_panicking() {
+        // A state that breaks the sampler's invariant: three stat names, one value, and
+        // positions past both. The renderers export what is there and nothing else.
+        let names = ["linklocal_allowance_exceeded", "x", "y"].map(str::to_owned).to_vec();
+        let device = DeviceState {
+            device: Arc::new(Device {
+                name: "ens5".into(),
+                driver: "ena".into(),
+                driver_version: String::new(),
+                firmware_version: String::new(),
+                bus_info: String::new(),
+                eni: None,
+            }),
+            schema: Arc::new(Schema::new(names)),
+            values: Arc::from(&[5][..]),
+            compat: Arc::from(&[0, 1, 2, 7][..]),
+            counters: DeviceCounters::default(),
+            resets: 0,
+            glitches: 0,
+            implausible: 0,
+            linklocal: None,
+        };
+        let snapshot = Snapshot { seq: 1, devices: vec![device], ..Snapshot::empty() };
+        let options = Options {
+            compat: vec![Compat::Showmax, Compat::NodeExporter],
+            interval: Duration::from_secs(1),
+            notify: None,
+            remote_write: None,
+        };
+        let text = render(&snapshot, &options, Format::Text);
+        let compat: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("node_") && !l.starts_with('#')).collect();
+        assert_eq!(
+            compat,
+            [
+                "node_net_ethtool{device=\"ens5\",type=\"linklocal_allowance_exceeded\"} 5",
+                "node_ethtool_linklocal_allowance_exceeded{device=\"ens5\"} 5",
+            ]
+        );
     }
 }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::queue::{Queue, SeriesSet, Step};
 use super::spool::Spool;
 use super::{proto, sender, Endpoint};
-use crate::base::HumanDuration;
+use crate::base::{wall_ms, HumanDuration};
 use crate::history::{Snapshot, Store};
 use crate::metrics::encode::{Kind, Value};
 use crate::metrics::telemetry::{EndpointStats, RemoteWriteStats};
@@ -96,10 +96,19 @@ impl Pusher {
                 let per_segment = (endpoint.queue_steps / 8).max(16);
                 let (mut s, recovered) = Spool::open(&dir, per_segment).map_err(error)?;
                 for damage in &recovered.damaged {
-                    info!(endpoint = %endpoint.name, damage, "spool: ignored a damaged record (the previous process stopped mid-write)");
+                    warn!(endpoint = %endpoint.name, file = %damage.file.display(), offset = damage.offset,
+                        damage = %damage.what, "spool: damaged bytes skipped; every intact step around them is kept");
                 }
                 queue = Queue::new(endpoint.queue_steps, recovered.next_id);
                 last = recovered.steps.last().map_or(i64::MIN, |s| s.at_ms);
+                if last > wall_ms() {
+                    // Stamped by a clock that was ahead (or damaged): taken as the last step,
+                    // it would hold back every new sample until this clock caught up with it.
+                    // The step is still sent; new samples only keep their own order.
+                    warn!(endpoint = %endpoint.name, step_time_ms = last, dir = %dir.display(),
+                        "spool: the last spooled step is stamped later than the clock; new samples are not held back for it");
+                    last = i64::MIN;
+                }
                 let samples: usize =
                     recovered.steps.iter().map(|s| s.len()).sum::<usize>() - recovered.offset;
                 let steps = recovered.steps.len();

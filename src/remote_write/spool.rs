@@ -9,16 +9,21 @@
 //!   a series set (`1`, set number: u32, count: u32, then per series its encoded labels as
 //!   length: u32 + bytes) or a step (`2`, id: u64, time: i64 ms, set number: u32, count:
 //!   u32, then count f64 values), all little-endian. A segment starts with the set its first
-//!   step uses, so whole segments can be deleted.
+//!   step uses, so whole segments can be deleted. Every set record is written again right
+//!   after the first step that uses it: the steps cannot be read without it, so one damage
+//!   must not take them all.
 //! - `cursor`: `<step id> <series offset>`, everything before it accepted (replaced by
 //!   rename, so it is always whole).
 //!
-//! A process that dies mid-write leaves a torn last record, which the CRC or the length
-//! exposes: reading stops there, and the next process writes a new segment. Records are
-//! written without fsync: the spool survives restarts of the agent, which is its purpose,
-//! not a crash of the node (which takes the node's samples with it anyway).
+//! Reading recovers every intact step whatever is damaged: a record whose frame, CRC or
+//! shape is wrong (a process that died mid-write leaves a torn last record; a disk can flip
+//! a byte anywhere) is skipped by scanning forward for the next valid frame, and reported
+//! with its file and byte offset. A file is deleted only when nothing in it could be read.
+//! Records are written without fsync: the spool survives restarts of the agent, which is its
+//! purpose, not a crash of the node (which takes the node's samples with it anyway).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -30,6 +35,13 @@ const SET: u8 = 1;
 const STEP: u8 = 2;
 /// A record longer than this is corruption, not data (a step of a million series).
 const MAX_RECORD: usize = 64 << 20;
+/// Step ids count steps from 1, one per resolution step: at one a millisecond the writer
+/// would need 292 million years to get past this, so a larger id (in a record, a segment's
+/// name or the cursor) is damage, even with a valid CRC. It also leaves room to number the
+/// steps after any recovered one without overflowing.
+const MAX_STEP_ID: u64 = i64::MAX.unsigned_abs();
+/// The smallest record: a set of no series (type, number, count).
+const MIN_PAYLOAD: usize = 9;
 
 /// What a spool held when it was opened.
 #[derive(Debug, Default)]
@@ -40,8 +52,25 @@ pub struct Recovered {
     pub offset: usize,
     /// The id the next step gets.
     pub next_id: u64,
-    /// Records that could not be read (a torn write when the last process was killed).
-    pub damaged: Vec<String>,
+    /// What could not be read, and where.
+    pub damaged: Vec<Damage>,
+}
+
+/// Bytes of a spool file that could not be used: where they start and what was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment or cursor file.
+    pub file: PathBuf,
+    /// Where in the file the damage starts, in bytes.
+    pub offset: usize,
+    /// What was found there and what was skipped.
+    pub what: String,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.what)
+    }
 }
 
 /// An open spool directory.
@@ -62,31 +91,40 @@ impl Spool {
     /// Opens (creating it if needed) and reads a spool directory.
     pub fn open(dir: &Path, steps_per_segment: usize) -> io::Result<(Self, Recovered)> {
         fs::create_dir_all(dir)?;
-        let cursor = read_cursor(dir);
-        let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let id = name.strip_suffix(".spool")?.parse::<u64>().ok()?;
-                Some((id, e.path()))
-            })
-            .collect();
+        let mut recovered = Recovered::default();
+        let cursor = read_cursor(dir, &mut recovered.damaged);
+        recovered.next_id = cursor.id.max(1);
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".spool").and_then(|n| n.parse::<u64>().ok()) else { continue };
+            if id > MAX_STEP_ID {
+                // Not a name the writer gives: left alone, and not taken as the next id.
+                let what = format!("segment name {id} is beyond any step id; file ignored");
+                recovered.damaged.push(Damage { file: entry.path(), offset: 0, what });
+                continue;
+            }
+            names.push((id, entry.path()));
+        }
         names.sort();
-        let mut recovered = Recovered { next_id: cursor.id.max(1), ..Recovered::default() };
         let mut segments = VecDeque::new();
         let mut last_set = None;
         for (first, path) in names {
             let data = fs::read(&path)?;
-            let (steps, damage) = read_segment(&data, &mut last_set);
-            if let Some(at) = damage {
-                recovered.damaged.push(format!("{}: {at}", path.display()));
-            }
-            if steps.is_empty() {
-                // Nothing readable (or nothing written): nothing to keep.
+            let segment = read_segment(&data, &mut last_set);
+            recovered.damaged.extend(segment.damage.into_iter().map(|(offset, what)| Damage {
+                file: path.clone(),
+                offset,
+                what,
+            }));
+            if !segment.readable {
+                // Nothing in it could be read (or nothing was written): nothing to keep.
                 fs::remove_file(&path)?;
                 continue;
             }
-            for step in steps {
+            // Its name was given to a step once: never give it to a new segment again.
+            recovered.next_id = recovered.next_id.max(first + 1);
+            for step in segment.steps {
                 recovered.next_id = recovered.next_id.max(step.id + 1);
                 if step.id > cursor.id || (step.id == cursor.id && cursor.offset < step.len()) {
                     if recovered.steps.is_empty() && step.id == cursor.id {
@@ -110,7 +148,7 @@ impl Spool {
     }
 
     /// Appends a step.
-    pub(crate) fn append(&mut self, step: &Step) -> io::Result<()> {
+    pub fn append(&mut self, step: &Step) -> io::Result<()> {
         if self.current.is_none() || self.steps_in_segment >= self.steps_per_segment {
             let path = self.dir.join(format!("{:020}.spool", step.id));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -120,6 +158,7 @@ impl Spool {
             self.steps_in_segment = 0;
         }
         self.buf.clear();
+        let mut set_copy = None;
         let set_no = match &self.current_set {
             Some((set, no)) if Arc::ptr_eq(set, &step.set) => *no,
             previous => {
@@ -133,6 +172,7 @@ impl Spool {
                 }
                 frame(&mut self.buf, &payload)?;
                 self.current_set = Some((Arc::clone(&step.set), no));
+                set_copy = Some(payload);
                 no
             }
         };
@@ -146,6 +186,11 @@ impl Spool {
             payload.extend_from_slice(&v.to_le_bytes());
         }
         frame(&mut self.buf, &payload)?;
+        if let Some(set) = set_copy {
+            // The set again, after the step: every later step needs it, so one damage must
+            // not take all of it, and no damage shorter than this step can hit both copies.
+            frame(&mut self.buf, &set)?;
+        }
         let file = self.current.as_mut().expect("opened above");
         // One write per step: a kill leaves at most this record torn.
         let result = file.write_all(&self.buf);
@@ -200,79 +245,141 @@ fn frame(out: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn read_cursor(dir: &Path) -> Position {
-    let text = fs::read_to_string(dir.join("cursor")).unwrap_or_default();
+/// The cursor; none (everything is resent) when it is missing or damaged.
+fn read_cursor(dir: &Path, damaged: &mut Vec<Damage>) -> Position {
+    let file = dir.join("cursor");
+    let Ok(bytes) = fs::read(&file) else { return Position::default() };
+    let text = String::from_utf8_lossy(&bytes);
     let mut parts = text.split_whitespace().map(str::parse::<u64>);
     match (parts.next(), parts.next()) {
-        (Some(Ok(id)), Some(Ok(offset))) => {
+        (Some(Ok(id)), Some(Ok(offset))) if id <= MAX_STEP_ID => {
             Position { id, offset: usize::try_from(offset).unwrap_or(usize::MAX) }
         }
-        _ => Position::default(),
+        _ if text.trim().is_empty() => Position::default(),
+        _ => {
+            let what =
+                format!("cursor {:?} is not `<step id> <offset>`; every spooled step is resent", text.trim());
+            damaged.push(Damage { file, offset: 0, what });
+            Position::default()
+        }
     }
 }
 
-/// The steps of a segment, and where reading stopped early, if it did. A set equal to
-/// `last_set` (the previous segment's) is shared with it.
-fn read_segment(mut data: &[u8], last_set: &mut Option<Arc<SeriesSet>>) -> (Vec<Step>, Option<String>) {
+/// What one segment file held.
+struct Segment {
+    /// Its steps that could be read whole, in file order.
+    steps: Vec<Step>,
+    /// What could not be used: byte offset and description.
+    damage: Vec<(usize, String)>,
+    /// Whether any record in it could be read.
+    readable: bool,
+}
+
+/// Reads a segment, resynchronising after damage: where a record cannot be read, the
+/// bytes up to the next valid record are skipped and reported. Steps are matched with their
+/// set after the whole file is read, so the copy of a set written after its first step
+/// serves as well as the original. A set equal to `last_set` (the previous segment's) is
+/// shared with it.
+fn read_segment(data: &[u8], last_set: &mut Option<Arc<SeriesSet>>) -> Segment {
     let mut sets: BTreeMap<u32, Arc<SeriesSet>> = BTreeMap::new();
     let mut steps = Vec::new();
-    let total = data.len();
-    while !data.is_empty() {
-        let at = total - data.len();
-        let Some((payload, rest)) = unframe(data) else {
-            return (
-                steps,
-                Some(format!("torn or corrupt record at byte {at}, {} bytes ignored", data.len())),
-            );
+    let mut segment = Segment { steps: Vec::new(), damage: Vec::new(), readable: false };
+    let mut at = 0;
+    while at < data.len() {
+        let Some((record, len)) = record_at(&data[at..]) else {
+            let next = (at + 1..data.len()).find(|&i| record_at(&data[i..]).is_some());
+            let end = next.unwrap_or(data.len());
+            let what = match next {
+                Some(_) => format!("{} unreadable bytes skipped; reading resumed at byte {end}", end - at),
+                None => format!("{} unreadable bytes at the end (a write cut short?) skipped", end - at),
+            };
+            segment.damage.push((at, what));
+            at = end;
+            continue;
         };
-        data = rest;
-        let mut r = Reader(payload);
-        let ok = match r.u8() {
-            Some(SET) => (|| {
-                let no = r.u32()?;
-                let n = r.u32()?;
-                let mut labels = Vec::with_capacity(n.min(1 << 16) as usize);
-                for _ in 0..n {
-                    let len = r.u32()? as usize;
-                    labels.push(r.bytes(len)?.to_vec().into_boxed_slice());
+        segment.readable = true;
+        match record {
+            Record::Set { no, n, mut labels } => {
+                let mut all = Vec::with_capacity(n as usize);
+                while let Some(len) = labels.u32() {
+                    all.push(labels.bytes(len as usize).unwrap_or_default().to_vec().into_boxed_slice());
                 }
                 let set = match last_set.as_ref() {
-                    Some(last) if last.labels == labels => Arc::clone(last),
-                    _ => Arc::new(SeriesSet { labels }),
+                    Some(last) if last.labels == all => Arc::clone(last),
+                    _ => Arc::new(SeriesSet { labels: all }),
                 };
                 *last_set = Some(Arc::clone(&set));
                 sets.insert(no, set);
-                Some(())
-            })(),
-            Some(STEP) => (|| {
-                let id = r.u64()?;
-                let at_ms = i64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
-                let set = Arc::clone(sets.get(&r.u32()?)?);
-                let n = r.u32()? as usize;
-                if n != set.labels.len() {
-                    return None;
-                }
-                let values = (0..n).map(|_| r.u64().map(f64::from_bits)).collect::<Option<Box<[f64]>>>()?;
-                steps.push(Step { id, at_ms, set, values });
-                Some(())
-            })(),
-            _ => None,
-        };
-        if ok.is_none() {
-            return (steps, Some(format!("unreadable record at byte {at}")));
+            }
+            Record::Step { id, at_ms, set_no, values } => steps.push((at, id, at_ms, set_no, values)),
         }
+        at += len;
     }
-    (steps, None)
+    for (at, id, at_ms, set_no, values) in steps {
+        let n = values.len() / 8;
+        let problem = match sets.get(&set_no) {
+            _ if id > MAX_STEP_ID => format!("step id {id} is beyond any the writer gives"),
+            Some(set) if set.labels.len() == n => {
+                let values = values
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                segment.steps.push(Step { id, at_ms, set: Arc::clone(set), values });
+                continue;
+            }
+            Some(set) => format!("step {id} has {n} values for {} series", set.labels.len()),
+            None => format!("step {id}: both copies of its series set ({set_no}) are damaged"),
+        };
+        segment.damage.push((at, format!("{problem}; step skipped")));
+    }
+    segment.damage.sort_by_key(|(at, _)| *at);
+    segment
 }
 
-fn unframe(data: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A record's payload, its shape checked (nothing copied yet).
+enum Record<'a> {
+    Set { no: u32, n: u32, labels: Reader<'a> },
+    Step { id: u64, at_ms: i64, set_no: u32, values: &'a [u8] },
+}
+
+/// The record at the start of `data` and its length with the frame, when the frame is whole,
+/// the payload has the shape of a record and its CRC matches. Resynchronising calls this at
+/// every byte of damaged data, so the cheap checks come before the CRC.
+fn record_at(data: &[u8]) -> Option<(Record<'_>, usize)> {
     let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
-    if len > MAX_RECORD {
+    if !(MIN_PAYLOAD..=MAX_RECORD).contains(&len) {
         return None;
     }
     let payload = data.get(8..8 + len)?;
-    (crc32fast::hash(payload) == crc).then(|| (payload, &data[8 + len..]))
+    let record = shape(payload)?;
+    (crc32fast::hash(payload) == crc).then_some((record, 8 + len))
+}
+
+/// The record `payload` holds, if it has exactly the shape the writer gives one.
+fn shape(payload: &[u8]) -> Option<Record<'_>> {
+    let mut r = Reader(payload);
+    match r.u8()? {
+        SET => {
+            let no = r.u32()?;
+            let n = r.u32()?;
+            let labels = Reader(r.0);
+            let mut walk = Reader(r.0);
+            for _ in 0..n {
+                let len = walk.u32()? as usize;
+                walk.bytes(len)?;
+            }
+            walk.0.is_empty().then_some(Record::Set { no, n, labels })
+        }
+        STEP => {
+            let id = r.u64()?;
+            let at_ms = i64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
+            let set_no = r.u32()?;
+            let n = r.u32()? as usize;
+            (r.0.len() == n.checked_mul(8)?).then_some(Record::Step { id, at_ms, set_no, values: r.0 })
+        }
+        _ => None,
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -388,5 +495,183 @@ mod tests {
         let (_, again) = Spool::open(&d.0, 100).unwrap();
         let ids: Vec<u64> = again.steps.iter().map(|s| s.id).collect();
         assert_eq!(ids, [1, 2, 3]);
+    }
+
+    /// A spool written by the real writer, read back record by record.
+    struct Written {
+        path: PathBuf,
+        clean: Vec<u8>,
+        /// Each record's step id (`None` for a set) and bytes.
+        records: Vec<(Option<u64>, std::ops::Range<usize>)>,
+    }
+
+    /// Steps 1 to 9 with a change of series at 5, in segments of 4, as the writer lays them.
+    fn written(d: &Dir) -> Vec<Written> {
+        let (ab, abc) = (set(&["a", "b"]), set(&["a", "b", "c"]));
+        let (mut spool, _) = Spool::open(&d.0, 4).unwrap();
+        for id in 1..=9 {
+            spool.append(&step(id, if id < 5 { &ab } else { &abc })).unwrap();
+        }
+        let paths: Vec<PathBuf> = spool.segments.iter().map(|(_, p)| p.clone()).collect();
+        drop(spool);
+        paths
+            .into_iter()
+            .map(|path| {
+                let clean = fs::read(&path).unwrap();
+                let mut records = Vec::new();
+                let mut at = 0;
+                while at < clean.len() {
+                    let (record, len) = record_at(&clean[at..]).expect("the writer writes whole records");
+                    let id = match record {
+                        Record::Step { id, .. } => Some(id),
+                        Record::Set { .. } => None,
+                    };
+                    records.push((id, at..at + len));
+                    at += len;
+                }
+                Written { path, clean, records }
+            })
+            .collect()
+    }
+
+    type Damage = fn(&mut Vec<u8>, usize) -> std::ops::Range<usize>;
+
+    #[test]
+    fn one_damage_anywhere_loses_only_the_step_it_hits_and_says_where() {
+        let d = dir("one-damage");
+        let files = written(&d);
+        assert_eq!(files.len(), 3);
+        // Each damage returns the clean bytes it changed (an insertion: the two around it).
+        let damages: [(&str, Damage); 5] = [
+            ("a flipped byte", |data, at| {
+                data[at] ^= 0x5a;
+                at..at + 1
+            }),
+            ("8 overwritten bytes", |data, at| {
+                let end = (at + 8).min(data.len());
+                data[at..end].iter_mut().for_each(|b| *b = !*b);
+                at..end
+            }),
+            ("an inserted byte", |data, at| {
+                data.insert(at, 0x5a);
+                at.saturating_sub(1)..at + 1
+            }),
+            ("a deleted byte", |data, at| {
+                data.remove(at);
+                at..at + 1
+            }),
+            ("a cut", |data, at| {
+                let end = data.len();
+                data.truncate(at);
+                at..end
+            }),
+        ];
+        for (i, file) in files.iter().enumerate() {
+            for at in 0..file.clean.len() {
+                for (kind, damage) in damages {
+                    let mut data = file.clean.clone();
+                    let hit = damage(&mut data, at);
+                    // An insertion between two records hits neither.
+                    let hits = |r: &std::ops::Range<usize>| {
+                        if kind == "an inserted byte" {
+                            r.start < at && at < r.end
+                        } else {
+                            r.start < hit.end && hit.start < r.end
+                        }
+                    };
+                    fs::write(&file.path, &data).unwrap();
+                    let (_, recovered) = Spool::open(&d.0, 4).unwrap();
+                    let lost: Vec<u64> =
+                        file.records.iter().filter(|(_, r)| hits(r)).filter_map(|(id, _)| *id).collect();
+                    let want: Vec<u64> = (1..=9).filter(|id| !lost.contains(id)).collect();
+                    let got: Vec<u64> = recovered.steps.iter().map(|s| s.id).collect();
+                    let context = format!("{kind} at byte {at} of segment {i}: {:?}", recovered.damaged);
+                    assert_eq!(got, want, "{context}");
+                    // A cut between two records leaves nothing damaged to report.
+                    let reportable =
+                        |r: &std::ops::Range<usize>| hits(r) && (kind != "a cut" || r.start < at);
+                    if let Some((_, first_hit)) = file.records.iter().find(|(_, r)| reportable(r)) {
+                        let reported = recovered.damaged.iter().find(|d| d.file == file.path);
+                        assert_eq!(reported.map(|d| d.offset), Some(first_hit.start), "{context}");
+                    }
+                    let intact = file.records.iter().any(|(_, r)| !hits(r));
+                    assert_eq!(
+                        file.path.exists(),
+                        intact,
+                        "deleted if and only if nothing is readable: {context}"
+                    );
+                }
+            }
+            fs::write(&file.path, &file.clean).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_step_is_lost_only_when_both_copies_of_its_set_are() {
+        let d = dir("both-sets");
+        let files = written(&d);
+        let file = &files[0];
+        let sets: Vec<_> =
+            file.records.iter().filter(|(id, _)| id.is_none()).map(|(_, r)| r.clone()).collect();
+        assert_eq!(sets.len(), 2, "the set, and its copy after the first step");
+        for (n, damaged) in [(1, &sets[..1]), (1, &sets[1..]), (2, &sets[..])] {
+            let mut data = file.clean.clone();
+            for r in damaged {
+                data[r.start + 8] ^= 0xff;
+            }
+            fs::write(&file.path, &data).unwrap();
+            let (_, recovered) = Spool::open(&d.0, 4).unwrap();
+            let ids: Vec<u64> = recovered.steps.iter().map(|s| s.id).collect();
+            if n == 1 {
+                assert_eq!(ids, (1..=9).collect::<Vec<_>>(), "one copy is enough");
+            } else {
+                assert_eq!(ids, (5..=9).collect::<Vec<_>>());
+                let what: Vec<&str> = recovered.damaged.iter().map(|d| d.what.as_str()).collect();
+                assert!(what.iter().any(|w| w.contains("step 1: both copies of its series set")), "{what:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn step_ids_the_writer_never_gives_are_damage_not_an_overflow() {
+        let d = dir("max-id");
+        let s = set(&["a"]);
+        let (mut spool, _) = Spool::open(&d.0, 100).unwrap();
+        for id in [1, 2, u64::MAX] {
+            spool.append(&Step { id, at_ms: 0, set: Arc::clone(&s), values: [1.0].into() }).unwrap();
+        }
+        drop(spool);
+        // A segment named after such an id, and a cursor pointing past every id.
+        let (mut spool, _) = Spool::open(&d.0, 1).unwrap();
+        spool.append(&Step { id: u64::MAX, at_ms: 0, set: Arc::clone(&s), values: [1.0].into() }).unwrap();
+        drop(spool);
+        fs::write(d.0.join("cursor"), format!("{} 0\n", u64::MAX)).unwrap();
+
+        let (_, recovered) = Spool::open(&d.0, 100).unwrap();
+        let ids: Vec<u64> = recovered.steps.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [1, 2], "the cursor is damaged: everything intact is resent");
+        assert_eq!(recovered.next_id, 3);
+        let what: Vec<String> = recovered.damaged.iter().map(ToString::to_string).collect();
+        assert_eq!(what.len(), 3, "{what:?}");
+        assert!(
+            what.iter().any(|w| w.contains("cursor") && w.contains("every spooled step is resent")),
+            "{what:?}"
+        );
+        assert!(what.iter().any(|w| w.contains("step id 18446744073709551615 is beyond")), "{what:?}");
+        assert!(what.iter().any(|w| w.contains("segment name 18446744073709551615")), "{what:?}");
+        assert!(d.0.join(format!("{}.spool", u64::MAX)).exists(), "a file it did not write is left alone");
+    }
+
+    #[test]
+    fn a_file_with_nothing_readable_is_deleted() {
+        let d = dir("garbage");
+        fs::create_dir_all(&d.0).unwrap();
+        let path = d.0.join(format!("{:020}.spool", 7));
+        fs::write(&path, [0x5a; 100]).unwrap();
+        let (_, recovered) = Spool::open(&d.0, 100).unwrap();
+        assert!(recovered.steps.is_empty() && !path.exists());
+        assert_eq!(recovered.damaged.len(), 1);
+        assert_eq!(recovered.damaged[0].offset, 0);
+        assert!(recovered.damaged[0].what.contains("100 unreadable bytes"), "{:?}", recovered.damaged);
     }
 }

@@ -257,19 +257,21 @@ impl Sampler {
                 linklocal: None,
             }),
         };
-        if !Arc::ptr_eq(&state.schema, &schema) {
-            state.compat = compat_positions(&schema, self.settings.compat_stats.as_ref());
-        }
         let (exceeded, available) = schema.index.pick(&values);
         let update = state.counters.update(at_ms, &RawAllowances { exceeded, available });
         state.device = device;
-        state.schema = schema;
-        if !update.glitch {
-            // A glitch's values are the zeros the driver made up; keep the last real ones.
-            state.values = values;
-        }
         if update.glitch {
+            // A glitch's values are the zeros the driver made up: keep the last real ones,
+            // and with them the stat layout they were read under. Values and layout are only
+            // ever replaced together (the renderers index one by the other), also when the
+            // stat set changed in the very sample that glitched.
             state.glitches += 1;
+        } else {
+            if !Arc::ptr_eq(&state.schema, &schema) {
+                state.compat = compat_positions(&schema, self.settings.compat_stats.as_ref());
+                state.schema = schema;
+            }
+            state.values = values;
         }
         if update.any_reset() {
             state.resets += 1;
@@ -385,6 +387,35 @@ mod tests {
 
     fn failed(name: &str) -> Event {
         Event::ReadFailed { device: name.into(), reason: ReadError::Io, detail: "EIO".into() }
+    }
+
+    #[test]
+    fn a_glitch_right_after_the_stat_set_changed_keeps_values_and_layout_together() {
+        let with = |names: &[&str], values: &[u64]| Reading {
+            schema: Arc::new(Schema::new(names.iter().map(|&n| n.to_owned()).collect())),
+            values: values.into(),
+            ..reading("ens5", 0)
+        };
+        let ll = "linklocal_allowance_exceeded";
+        let script = VecDeque::from([
+            Sample { at_ms: 0, readings: vec![with(&[ll], &[5])], events: vec![] },
+            // The stat set grew, and the same read is the ENA all-zero glitch.
+            Sample { at_ms: 1000, readings: vec![with(&["x", ll], &[7, 0])], events: vec![] },
+            Sample { at_ms: 2000, readings: vec![with(&["x", ll], &[8, 6])], events: vec![] },
+        ]);
+        let settings =
+            Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
+        let mut sampler = Sampler::new(Box::new(Script(script)), settings, Arc::new(Store::new(10)));
+        sampler.tick(0);
+        for (tick, want) in [(1, [ll]), (2, [ll])] {
+            let snapshot = sampler.tick(0).unwrap();
+            let d = &snapshot.devices[0];
+            assert_eq!(d.values.len(), d.schema.names.len(), "tick {tick}: values and layout differ");
+            let exported: Vec<&str> = d.compat.iter().map(|&i| d.schema.names[i].as_str()).collect();
+            assert_eq!(exported, want, "tick {tick}");
+        }
+        let d = &sampler.store.latest().devices[0];
+        assert_eq!((&*d.values, d.glitches), (&[8, 6][..], 1), "the new layout's values once real");
     }
 
     #[test]

@@ -114,17 +114,18 @@ pub fn parse(
         if let Some(rest) = line.strip_prefix("===") {
             let mut words = rest.split_whitespace();
             let name = words.next().ok_or_else(|| err("expected a device name after ===".into()))?;
+            let name = unescape(name);
             if sample.devices.iter().any(|d| d.name == name) {
                 return Err(err(format!("device {name} appears twice in the same sample")));
             }
             let attributes = words
                 .map(|w| {
                     w.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), unescape(v)))
+                        .map(|(k, v)| (unescape(k), unescape(v)))
                         .ok_or_else(|| err(format!("expected key=value after the device name, found {w:?}")))
                 })
                 .collect::<Result<_, _>>()?;
-            sample.devices.push(CapturedDevice { name: name.to_owned(), attributes, stats: Vec::new() });
+            sample.devices.push(CapturedDevice { name, attributes, stats: Vec::new() });
             continue;
         }
         let Some((name, value)) = trimmed.rsplit_once(':') else {
@@ -145,7 +146,7 @@ pub fn parse(
                 .push(CapturedDevice { name: default_device.to_owned(), ..CapturedDevice::default() });
         }
         let device = sample.devices.last_mut().expect("pushed above");
-        device.stats.push((name.trim().to_owned(), value));
+        device.stats.push((unescape(name.trim()), value));
     }
     Ok(capture)
 }
@@ -169,13 +170,59 @@ pub(crate) fn fmt_timestamp(at_ms: i64) -> String {
     format!("{}.{:03}", at_ms.div_euclid(1000), at_ms.rem_euclid(1000))
 }
 
-/// Attribute values are written with spaces, `%` and `=` escaped, so a line stays parseable.
-fn escape(v: &str) -> String {
-    v.replace('%', "%25").replace(' ', "%20").replace('=', "%3D").replace('\n', "%0A")
+/// A device name, attribute key or attribute value as one word of a `===` line: `%`, `=`,
+/// and every character the parser would take as the end of a word or of the line (any
+/// Unicode whitespace, any control character: drivers report `\r`, tabs, …) are written as
+/// `%XX`, one per UTF-8 byte, so any string reads back as it was.
+fn escape_word(v: &str) -> String {
+    escape(v, |_, c| c == '%' || c == '=' || c.is_whitespace() || c.is_control())
 }
 
+/// A stat name on its own line, before `: value`: the parser trims the name and splits
+/// lines, so `%`, control characters and whitespace at either end are written as `%XX`.
+/// Whitespace inside stays as drivers write it (`tx queue 0`), as in `ethtool -S`.
+fn escape_stat(v: &str) -> String {
+    let (start, end) = (v.len() - v.trim_start().len(), v.trim_end().len());
+    escape(v, |at, c| c == '%' || c.is_control() || at < start || at >= end)
+}
+
+/// `v` with each character for which `special(byte offset, char)` holds as `%XX` bytes.
+fn escape(v: &str, special: impl Fn(usize, char) -> bool) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (at, c) in v.char_indices() {
+        if special(at, c) {
+            for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Decodes every `%XX`: what [`escape`] writes, and what earlier writers wrote (`%20`,
+/// `%3D`, `%0A`, `%25`). A `%` not followed by two hex digits is kept as it is.
 fn unescape(v: &str) -> String {
-    v.replace("%20", " ").replace("%3D", "=").replace("%0A", "\n").replace("%25", "%")
+    if !v.contains('%') {
+        return v.to_owned();
+    }
+    let (bytes, mut out, mut i) = (v.as_bytes(), Vec::with_capacity(v.len()), 0);
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()) {
+            Some(b) if bytes[i] == b'%' => {
+                out.push(b);
+                i += 3;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    // Hand-written escapes may not be UTF-8; they read as the replacement character.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The first lines of a capture written by `enawatch record`.
@@ -187,13 +234,13 @@ pub fn write_sample(out: &mut impl io::Write, sample: &CapturedSample) -> io::Re
     let _ = writeln!(s, "@{}", fmt_timestamp(sample.at_ms));
     for d in &sample.devices {
         s.push_str("=== ");
-        s.push_str(&d.name);
+        s.push_str(&escape_word(&d.name));
         for (k, v) in &d.attributes {
-            let _ = write!(s, " {k}={}", escape(v));
+            let _ = write!(s, " {}={}", escape_word(k), escape_word(v));
         }
         s.push('\n');
         for (name, value) in &d.stats {
-            let _ = writeln!(s, "     {name}: {value}");
+            let _ = writeln!(s, "     {}: {value}", escape_stat(name));
         }
     }
     out.write_all(s.as_bytes())
@@ -295,6 +342,51 @@ mod tests {
         assert_eq!(error(" a: 1\n@5\n"), "cap.txt:2: stats appear before the first @timestamp line");
         assert!(error("=== \n").contains("expected a device name"));
         assert!(error("=== ens5 oops\n").contains("expected key=value"));
+    }
+
+    /// One character of a driver string: anything printable, and plenty of what is not, or
+    /// means something in the format.
+    const ANY: &str = "\\PC|[\\x00-\\x1f\\x7f-\\x9f \\u{a0}\\u{1680}\\u{2000}-\\u{200a}\\u{2028}\\u{2029}\\u{3000}%=:#@]|%2[05]|===";
+
+    /// Strings of `min` to 12 such characters.
+    fn strings(min: usize) -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(&format!("({ANY}){{{min},12}}")).expect("a valid regex")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a driver reports (`\r`, tabs, Unicode whitespace, `%`, `=`, `:` …),
+        /// `record` writes a capture that reads back as it was.
+        #[test]
+        fn any_strings_round_trip(
+            name in strings(1),
+            value in strings(0),
+            key in strings(0),
+            stat in strings(0),
+        ) {
+            let sample = CapturedSample {
+                at_ms: 7,
+                devices: vec![CapturedDevice {
+                    name,
+                    attributes: vec![(key, value), ("driver".into(), "ena".into())],
+                    stats: vec![(stat, 1), ("x".into(), u64::MAX)],
+                }],
+            };
+            let mut out = HEADER.as_bytes().to_vec();
+            write_sample(&mut out, &sample).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let parsed = parse(&text, "t", "eth0", 0).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
+            proptest::prop_assert_eq!(parsed.samples, vec![sample], "{}", text);
+        }
+    }
+
+    #[test]
+    fn earlier_escapes_and_stray_percent_signs_read_as_before() {
+        let c = one("@1\n=== ens5 firmware_version=a%20b%3Dc%25%0Ad pct=100% odd=%zz%4\n x: 1\n");
+        assert_eq!(c.samples[0].devices[0].attribute("firmware_version"), Some("a b=c%\nd"));
+        assert_eq!(c.samples[0].devices[0].attribute("pct"), Some("100%"));
+        assert_eq!(c.samples[0].devices[0].attribute("odd"), Some("%zz%4"));
     }
 
     #[test]

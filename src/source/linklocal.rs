@@ -53,6 +53,12 @@ pub(crate) const BUDGET_PPS: f64 = 1024.0;
 /// Bytes of each matching packet the kernel copies (headers only: the meter counts).
 pub(crate) const SNAPLEN: u32 = 64;
 
+/// Most VPC resolvers the configuration takes. The filter compares every IPv4 packet the
+/// device sends with each one, so the list is bounded; 256 covers a resolver at +2 of every
+/// subnet of a VPC at the default quota of 200 subnets, and its program (about 300
+/// instructions) is far below the kernel's 4096.
+pub const MAX_VPC_RESOLVERS: usize = 256;
+
 /// The destinations the meter counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
@@ -160,18 +166,34 @@ fn op(code: u32) -> u16 {
     u16::try_from(code).expect("BPF opcodes fit 16 bits")
 }
 
+/// One instruction as written, its jumps to labels not yet resolved.
+#[derive(Clone, Copy)]
+enum Item {
+    /// Anything without a jump.
+    Plain(Instruction),
+    /// `jeq value`: to `when_true` or `when_false` (`None`: the next instruction).
+    Compare { value: u32, when_true: Option<Label>, when_false: Option<Label> },
+    /// An unconditional jump.
+    Jump(Label),
+    /// Where a label points.
+    Mark(Label),
+}
+
 /// A tiny assembler for classic BPF with forward jumps to labels.
+///
+/// A conditional jump's offsets are 8 bits: one that would reach more than 255 instructions
+/// ahead (past a long list of resolvers) is written instead as a comparison that skips an
+/// unconditional jump, whose offset is 32 bits. Which comparisons need that is found by
+/// relaxation: lengthening one only moves labels further, so the loop ends, and a program of
+/// any length is correct.
 #[derive(Default)]
 struct Asm {
-    code: Vec<Instruction>,
-    /// (instruction index, label when true, label when false)
-    fixups: Vec<(usize, Option<Label>, Option<Label>)>,
-    labels: Vec<(Label, usize)>,
+    items: Vec<Item>,
 }
 
 impl Asm {
     fn push(&mut self, code: u16, k: u32) {
-        self.code.push(Instruction { code, jt: 0, jf: 0, k });
+        self.items.push(Item::Plain(Instruction { code, jt: 0, jf: 0, k }));
     }
 
     fn load_word(&mut self, offset: u32) {
@@ -179,18 +201,15 @@ impl Asm {
     }
 
     fn jump_if(&mut self, value: u32, to: Label) {
-        self.fixups.push((self.code.len(), Some(to), None));
-        self.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), value);
+        self.items.push(Item::Compare { value, when_true: Some(to), when_false: None });
     }
 
     fn jump_unless(&mut self, value: u32, to: Label) {
-        self.fixups.push((self.code.len(), None, Some(to)));
-        self.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), value);
+        self.items.push(Item::Compare { value, when_true: None, when_false: Some(to) });
     }
 
     fn jump(&mut self, to: Label) {
-        self.fixups.push((self.code.len(), Some(to), Some(to)));
-        self.push(op(libc::BPF_JMP | libc::BPF_JA), 0);
+        self.items.push(Item::Jump(to));
     }
 
     fn ret(&mut self, k: u32) {
@@ -198,29 +217,104 @@ impl Asm {
     }
 
     fn label(&mut self, l: Label) {
-        self.labels.push((l, self.code.len()));
+        self.items.push(Item::Mark(l));
     }
 
-    fn finish(mut self) -> Vec<Instruction> {
-        let at = |labels: &[(Label, usize)], l: Label| {
-            labels.iter().find(|(x, _)| *x == l).expect("label defined").1
-        };
-        for (i, t, f) in std::mem::take(&mut self.fixups) {
-            let rel = |l: Label| at(&self.labels, l) - i - 1;
-            let ins = &mut self.code[i];
-            if u32::from(ins.code) == libc::BPF_JMP | libc::BPF_JA {
-                ins.k = u32::try_from(rel(t.expect("target"))).expect("short program");
-            } else {
-                if let Some(t) = t {
-                    ins.jt = u8::try_from(rel(t)).expect("jump within 255");
+    /// Instructions an item takes: a comparison written long is followed by one jump per
+    /// target it has.
+    fn size(item: &Item, long: bool) -> usize {
+        match item {
+            Item::Mark(_) => 0,
+            Item::Compare { when_true, when_false, .. } if long => {
+                1 + usize::from(when_true.is_some()) + usize::from(when_false.is_some())
+            }
+            _ => 1,
+        }
+    }
+
+    fn finish(self) -> Vec<Instruction> {
+        let mut long = vec![false; self.items.len()];
+        loop {
+            let (at, labels) = self.layout(&long);
+            let mut changed = false;
+            for (i, item) in self.items.iter().enumerate() {
+                if let Item::Compare { when_true, when_false, .. } = item {
+                    let far = [when_true, when_false]
+                        .into_iter()
+                        .flatten()
+                        .any(|l| distance(&labels, *l, at[i]) > usize::from(u8::MAX));
+                    if far && !long[i] {
+                        long[i] = true;
+                        changed = true;
+                    }
                 }
-                if let Some(f) = f {
-                    ins.jf = u8::try_from(rel(f)).expect("jump within 255");
+            }
+            if !changed {
+                return self.emit(&long, &at, &labels);
+            }
+        }
+    }
+
+    /// Where each item starts, and where each label points, with these comparisons long.
+    fn layout(&self, long: &[bool]) -> (Vec<usize>, Vec<(Label, usize)>) {
+        let (mut at, mut labels, mut pc) = (Vec::with_capacity(self.items.len()), Vec::new(), 0);
+        for (item, &long) in self.items.iter().zip(long) {
+            at.push(pc);
+            if let Item::Mark(l) = item {
+                labels.push((*l, pc));
+            }
+            pc += Self::size(item, long);
+        }
+        (at, labels)
+    }
+
+    fn emit(&self, long: &[bool], at: &[usize], labels: &[(Label, usize)]) -> Vec<Instruction> {
+        let jeq = op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K);
+        let ja = |from: usize, to: Label| Instruction {
+            code: op(libc::BPF_JMP | libc::BPF_JA),
+            jt: 0,
+            jf: 0,
+            // A program longer than 2^32 instructions cannot exist in memory (and the
+            // kernel takes at most 4096), so the offset always fits.
+            k: u32::try_from(distance(labels, to, from)).unwrap_or(u32::MAX),
+        };
+        let mut code = Vec::new();
+        for ((item, &long), &pc) in self.items.iter().zip(long).zip(at) {
+            match *item {
+                Item::Plain(ins) => code.push(ins),
+                Item::Mark(_) => {}
+                Item::Jump(to) => code.push(ja(pc, to)),
+                Item::Compare { value, when_true, when_false } if !long => {
+                    // Short: `finish` checked that both offsets fit 8 bits.
+                    let near = |l: Option<Label>| {
+                        l.map_or(0, |l| u8::try_from(distance(labels, l, pc)).unwrap_or(u8::MAX))
+                    };
+                    code.push(Instruction { code: jeq, jt: near(when_true), jf: near(when_false), k: value });
+                }
+                Item::Compare { value, when_true, when_false } => {
+                    // Long: `jeq` falls through to the jump of the outcome that has one and
+                    // skips it otherwise (1 instruction more per packet, only on that side).
+                    let (jt, jf) = match (when_true, when_false) {
+                        (Some(_), _) => (0, 1),
+                        (None, Some(_)) => (1, 0),
+                        (None, None) => (0, 0),
+                    };
+                    code.push(Instruction { code: jeq, jt, jf, k: value });
+                    for (n, l) in [when_true, when_false].into_iter().flatten().enumerate() {
+                        code.push(ja(pc + 1 + n, l));
+                    }
                 }
             }
         }
-        self.code
+        code
     }
+}
+
+/// Instructions skipped by a jump at `from` to `to`: labels only point forward, at the
+/// instruction after the jump or later.
+fn distance(labels: &[(Label, usize)], to: Label, from: usize) -> usize {
+    let target = labels.iter().find(|(l, _)| *l == to).map_or(from + 1, |(_, at)| *at);
+    target.saturating_sub(from + 1)
 }
 
 /// VPC resolvers named in a resolv.conf: IPv4 nameservers ending in `.2` (VPC+2), the
@@ -274,6 +368,88 @@ mod tests {
         }
         let n = program.len();
         assert_eq!((program[n - 2].k, program[n - 1].k), (SNAPLEN, 0));
+    }
+
+    /// What the kernel returns for `packet` (from its IP header on): the bytes the socket
+    /// gets, 0 to drop it. Interprets the instructions the meter's programs use, as the
+    /// kernel does (a load past the packet drops it), and fails on any other, or on a jump
+    /// out of the program.
+    fn run(program: &[Instruction], outgoing: bool, protocol: libc::c_int, packet: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0, 0u32);
+        loop {
+            let ins = program.get(pc).unwrap_or_else(|| panic!("jumped out of the program to {pc}"));
+            pc += 1;
+            match u32::from(ins.code) {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    a = if ins.k == ancillary(libc::SKF_AD_PKTTYPE) {
+                        u32::from(if outgoing { libc::PACKET_OUTGOING } else { libc::PACKET_HOST })
+                    } else if ins.k == ancillary(libc::SKF_AD_PROTOCOL) {
+                        u32::try_from(protocol).unwrap()
+                    } else {
+                        let at = usize::try_from(ins.k).unwrap();
+                        let Some(word) = packet.get(at..at + 4) else { return 0 };
+                        u32::from_be_bytes(word.try_into().unwrap())
+                    };
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += usize::from(if a == ins.k { ins.jt } else { ins.jf });
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += usize::try_from(ins.k).unwrap(),
+                c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
+                c => panic!("unexpected instruction {c:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    fn v6(dst: &str) -> Vec<u8> {
+        let mut p = vec![0x60u8; 40];
+        p[24..40].copy_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+        p
+    }
+
+    /// Every target of `t` is accepted, anything else dropped.
+    fn check(t: &Targets, resolvers: &[Ipv4Addr]) {
+        let program = t.program();
+        let ip = libc::ETH_P_IP;
+        let fixed = [[169, 254, 169, 253], [169, 254, 169, 254], [169, 254, 169, 123]];
+        for dst in fixed.into_iter().chain(resolvers.iter().map(Ipv4Addr::octets)) {
+            assert_eq!(
+                run(&program, true, ip, &v4(dst)),
+                SNAPLEN,
+                "{dst:?} with {} resolvers",
+                resolvers.len()
+            );
+            assert_eq!(run(&program, false, ip, &v4(dst)), 0, "incoming {dst:?}");
+            assert_eq!(run(&program, true, libc::ETH_P_ARP, &v4(dst)), 0, "ARP");
+        }
+        for dst in [[10, 0, 0, 1], [10, 255, 255, 255], [169, 254, 169, 252], [8, 8, 8, 8]] {
+            assert_eq!(run(&program, true, ip, &v4(dst)), 0, "{dst:?} with {} resolvers", resolvers.len());
+        }
+        assert_eq!(run(&program, true, ip, &[0x45; 12]), 0, "too short to hold a destination");
+        for (dst, want) in
+            [("fd00:ec2::253", SNAPLEN), ("fd00:ec2::123", SNAPLEN), ("fd00:ec2::1", 0), ("fd00::253", 0)]
+        {
+            assert_eq!(run(&program, true, libc::ETH_P_IPV6, &v6(dst)), want, "{dst}");
+        }
+    }
+
+    #[test]
+    fn the_program_is_correct_for_any_number_of_resolvers() {
+        // Past about 240 resolvers, the first jumps reach further than 8 bits can say.
+        for n in [0, 1, 2, 200, 240, 250, 251, 252, 253, 300, MAX_VPC_RESOLVERS, 1000, 5000] {
+            let resolvers: Vec<Ipv4Addr> =
+                (0..n).map(|i| Ipv4Addr::from(0x0a00_0002 + (u32::try_from(i).unwrap() << 8))).collect();
+            check(&Targets::new(&resolvers), &resolvers);
+        }
+    }
+
+    #[test]
+    fn a_short_program_has_no_long_jumps() {
+        // The common case is what it was: every comparison one instruction, and the only
+        // unconditional jumps the three the program writes.
+        let program = Targets::new(&[Ipv4Addr::new(10, 0, 0, 2)]).program();
+        let ja = program.iter().filter(|i| u32::from(i.code) == libc::BPF_JMP | libc::BPF_JA).count();
+        assert_eq!((program.len(), ja), (25, 3), "{program:?}");
     }
 
     #[test]

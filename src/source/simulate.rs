@@ -267,23 +267,25 @@ impl Scenario {
             .filter(|(dev, a, _, w)| {
                 applies(dev)
                     && *a == Allowance::Linklocal
-                    && w.last_start(t).is_some_and(|s| t < s + w.duration)
+                    && w.last_start(t).is_some_and(|s| t < s.saturating_add(w.duration))
             })
-            .map(|(_, _, rate, _)| *rate)
-            .sum();
+            .fold(0u64, |sum, (_, _, rate, _)| sum.saturating_add(*rate));
         // Secondary ENIs carry a quarter of the primary's DNS traffic.
         let dns = if d == 0 { base } else { base / 4 };
-        let dns = if dropping > 0 { 1024 + u32::try_from(dropping).unwrap_or(u32::MAX) - 3 } else { dns };
+        let dns = if dropping > 0 {
+            u32::try_from(dropping).unwrap_or(u32::MAX).saturating_add(1024 - 3)
+        } else {
+            dns
+        };
         Some([dns, 2, 1])
     }
 
     /// Every stat value of device `d` at `t` ms after the start, in [`ENA_STATS`] order.
     fn values(&self, d: usize, t: i64, names: &[String], baseline: &[u64]) -> Vec<u64> {
         let applies = |target: &Option<usize>| target.is_none_or(|x| x == d);
-        let glitch = self
-            .glitches
-            .iter()
-            .any(|(dev, w)| applies(dev) && w.last_start(t).is_some_and(|start| t < start + w.duration));
+        let glitch = self.glitches.iter().any(|(dev, w)| {
+            applies(dev) && w.last_start(t).is_some_and(|start| t < start.saturating_add(w.duration))
+        });
         // Counters count from the last reset (from zero) or from the baseline.
         let origin =
             self.resets.iter().filter(|(dev, _)| applies(dev)).filter_map(|(_, w)| w.last_start(t)).max();
@@ -292,7 +294,7 @@ impl Scenario {
             let mut value = i128::from(start);
             for (_, to, w) in self.ramps.iter().filter(|(dev, _, _)| applies(dev)) {
                 let to = i128::from(*to);
-                if t >= w.at + w.duration {
+                if t >= w.at.saturating_add(w.duration) {
                     value = to;
                 } else if t >= w.at {
                     value += (to - value) * i128::from(t - w.at) / i128::from(w.duration);
@@ -314,23 +316,30 @@ impl Scenario {
                     if glitch {
                         return 0;
                     }
-                    let dropped: u64 = self
+                    let dropped = self
                         .drops
                         .iter()
                         .filter(|(dev, da, _, _)| applies(dev) && *da == a)
                         .map(|(_, _, rate, w)| {
                             let ms = w.active_ms_until(t) - w.active_ms_until(from);
-                            rate * u64::try_from(ms.max(0)).unwrap_or(0) / 1000
+                            per_ms(*rate, u64::try_from(ms.max(0)).unwrap_or(0), 1000)
                         })
-                        .sum();
-                    return start + dropped;
+                        .fold(0u64, u64::saturating_add);
+                    return start.saturating_add(dropped);
                 }
                 // Traffic counters grow as if the baseline were one day's worth.
                 let elapsed = u64::try_from((t - from).max(0)).unwrap_or(0);
-                start + base * elapsed / 86_400_000
+                start.saturating_add(per_ms(base, elapsed, 86_400_000))
             })
             .collect()
     }
+}
+
+/// `rate` per `per` milliseconds, over `ms` milliseconds. Scenario numbers are anything
+/// the file says (a rate of 10^19, an event at 10^15 s), so the product is taken wide and
+/// the result saturates: a counter pinned at `u64::MAX` rather than a crash.
+fn per_ms(rate: u64, ms: u64, per: u64) -> u64 {
+    u64::try_from(u128::from(rate) * u128::from(ms) / u128::from(per)).unwrap_or(u64::MAX)
 }
 
 /// Plays a scenario in real time.
@@ -390,7 +399,7 @@ impl SimulatedSource {
                 let linklocal = previous_t.and_then(|prev| {
                     let ms = u64::try_from(t - prev).ok()?;
                     let rates = self.scenario.linklocal_rate(i, t)?;
-                    Some(rates.map(|r| u32::try_from(u64::from(r) * ms / 1000).unwrap_or(u32::MAX)))
+                    Some(rates.map(|r| u32::try_from(per_ms(u64::from(r), ms, 1000)).unwrap_or(u32::MAX)))
                 });
                 Reading {
                     device: Arc::clone(device),

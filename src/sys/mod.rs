@@ -16,7 +16,7 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-pub use netlink::{list_links, Link};
+pub use netlink::{list_links, parse_dump, Link};
 
 // From include/uapi/linux/sockios.h and include/uapi/linux/ethtool.h. No crate defines the
 // ethtool structures, and they are ABI: they never change once released.

@@ -50,7 +50,7 @@ pub fn list_links() -> io::Result<Vec<Link>> {
             return Err(err);
         }
         let n = usize::try_from(n).expect("non-negative");
-        if parse_messages(&buf[..n], &mut links)? {
+        if parse_dump(&buf[..n], &mut links)? {
             return Ok(links);
         }
     }
@@ -87,8 +87,10 @@ fn send_dump_request(sock: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Parses one datagram of the dump into `links`; `true` once the dump is complete.
-fn parse_messages(mut data: &[u8], links: &mut Vec<Link>) -> io::Result<bool> {
+/// Parses one datagram of an `RTM_GETLINK` dump into `links`; `true` once the dump is
+/// complete. The pure half of [`list_links`], public for tests and fuzzing: whatever the
+/// bytes, the answer is links or an error, never a panic.
+pub fn parse_dump(mut data: &[u8], links: &mut Vec<Link>) -> io::Result<bool> {
     while data.len() >= NLMSG_HDRLEN {
         let len = read_u32(data, 0) as usize;
         let kind = read_u16(data, 4);
@@ -101,7 +103,11 @@ fn parse_messages(mut data: &[u8], links: &mut Vec<Link>) -> io::Result<bool> {
             NLMSG_ERROR => {
                 let errno = body.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                 if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
+                    // The kernel sends `-errno`; `i32::MIN` has no negation, and is no errno.
+                    return Err(errno.checked_neg().map_or_else(
+                        || invalid(&format!("netlink error message with errno {errno}")),
+                        io::Error::from_raw_os_error,
+                    ));
                 }
             }
             RTM_NEWLINK => {
@@ -208,7 +214,7 @@ mod tests {
         let mut data = newlink(2, "ens5", &["eni-0abc", "device-number-0"]);
         data.extend(newlink(3, "eth1", &[]));
         let mut links = Vec::new();
-        assert!(!parse_messages(&data, &mut links).unwrap());
+        assert!(!parse_dump(&data, &mut links).unwrap());
         assert_eq!(links[0].name, "ens5");
         assert_eq!(links[0].index, 2);
         assert_eq!(links[0].altnames, ["eni-0abc", "device-number-0"]);
@@ -219,15 +225,33 @@ mod tests {
     fn truncated_input_is_an_error_not_a_panic() {
         let data = newlink(2, "ens5", &[]);
         let mut links = Vec::new();
-        assert!(!parse_messages(&[], &mut links).unwrap(), "an empty datagram is no message");
+        assert!(!parse_dump(&[], &mut links).unwrap(), "an empty datagram is no message");
         for cut in 1..data.len() {
-            let err = parse_messages(&data[..cut], &mut links).expect_err(&format!("cut at {cut}"));
+            let err = parse_dump(&data[..cut], &mut links).expect_err(&format!("cut at {cut}"));
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
             assert!(err.to_string().contains("truncated"), "cut at {cut}: {err}");
         }
         assert!(links.is_empty(), "nothing is taken from a cut message: {links:?}");
-        assert!(!parse_messages(&data, &mut links).unwrap());
+        assert!(!parse_dump(&data, &mut links).unwrap());
         assert_eq!(links.len(), 1);
+    }
+
+    #[test]
+    fn an_error_message_with_any_errno_is_an_error_not_a_panic() {
+        let error = |errno: i32| {
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&20u32.to_ne_bytes());
+            msg.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            msg.extend_from_slice(&[0u8; 10]);
+            msg.extend_from_slice(&errno.to_ne_bytes());
+            parse_dump(&msg, &mut Vec::new())
+        };
+        assert_eq!(error(-libc::EPERM).unwrap_err().raw_os_error(), Some(libc::EPERM));
+        let err = error(i32::MIN).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("errno -2147483648"), "{err}");
+        let from_file = include_bytes!("../../tests/data/regressions/netlink-errno-min-minimal.bin");
+        assert_eq!(parse_dump(from_file, &mut Vec::new()).unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
