@@ -178,11 +178,22 @@ pub struct Config {
 /// Most history points a device may keep (one day at 100 ms, ~4 MB per device).
 const MAX_HISTORY_POINTS: u128 = 864_000;
 
+/// Largest config file read: a file of any real configuration is a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Most `eni` entries: more than any instance has ENIs (network cards × ENIs per card).
+const MAX_ENI: usize = 256;
+
+/// Most `compat` entries (there are two families; a repeated one is harmless, a list of
+/// thousands is not a configuration).
+const MAX_COMPAT: usize = 16;
+
 impl Settings {
     /// Reads a YAML config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let file_error = |problem: String| ConfigError::File { path: path.display().to_string(), problem };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let text = crate::base::file::read_bounded_text(path, MAX_CONFIG_BYTES)
+            .map_err(|e| file_error(e.to_string()))?;
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -216,6 +227,7 @@ impl Settings {
 
     /// Checks every value.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
+        self.check_lengths()?;
         let listen_s = self.listen.as_deref().unwrap_or("0.0.0.0:9417");
         let listen = listen_s.parse().map_err(|_| ConfigError::Invalid {
             field: "listen",
@@ -315,6 +327,23 @@ impl Settings {
 }
 
 impl Settings {
+    /// Bounds the lists that are this aggregate's own or that it hands out element by
+    /// element (each component bounds the lists inside its own section).
+    fn check_lengths(&self) -> Result<(), ConfigError> {
+        if self.eni.len() > MAX_ENI {
+            return Err(ConfigError::too_long("eni", self.eni.len(), "devices", MAX_ENI));
+        }
+        if let Some(list) = self.compat.as_ref().filter(|l| l.len() > MAX_COMPAT) {
+            return Err(ConfigError::too_long("compat", list.len(), "entries", MAX_COMPAT));
+        }
+        let receivers = self.alerts.as_ref().map_or(0, |a| a.receivers.len());
+        let max_receivers = crate::alerts::notify::MAX_RECEIVERS;
+        if receivers > max_receivers {
+            return Err(ConfigError::too_long("alerts.receivers", receivers, "receivers", max_receivers));
+        }
+        Ok(())
+    }
+
     /// The link-local meter's targets, when the meter is on.
     fn linklocal_targets(&self) -> Result<Option<crate::source::linklocal::Targets>, ConfigError> {
         use crate::source::linklocal::MAX_VPC_RESOLVERS;

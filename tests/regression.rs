@@ -607,3 +607,312 @@ fn check_config_output_ends_with_a_newline() {
     let plain = check(None);
     assert!(plain.ends_with("log_format: text\n"), "{plain:?}");
 }
+
+// === Churn: devices that come and go ===
+
+/// A scripted source: one sample per tick, in order.
+struct Script(std::collections::VecDeque<Sample>);
+
+impl Source for Script {
+    fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
+        self.0.pop_front()
+    }
+}
+
+/// A device reading with one allowance stat (a veth, say, or an ENI).
+fn reading_of(name: &str, value: u64) -> Reading {
+    let device = Device {
+        name: name.into(),
+        driver: "veth".into(),
+        driver_version: String::new(),
+        firmware_version: String::new(),
+        bus_info: String::new(),
+        eni: None,
+    };
+    Reading {
+        device: Arc::new(device),
+        schema: Arc::new(Schema::new(vec!["linklocal_allowance_exceeded".into()])),
+        values: [value][..].into(),
+        linklocal: None,
+    }
+}
+
+/// The sampler as `serve` builds it: error counters of vanished devices were kept for the
+/// whole history (`forget_after_ms`, 15 minutes by default).
+fn served_settings() -> Settings {
+    Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 }
+}
+
+/// `enawatch_read_errors_total` kept a series per vanished device (`reason="no_device"`, and
+/// any other reason it had failed with) for the whole history, so watching pod veths grew the
+/// exposition with every pod. A vanished device now leaves every family at the next tick.
+#[test]
+fn series_of_a_vanished_device_leave_every_family_at_the_next_tick() {
+    use enawatch::source::{Event, ReadError};
+
+    let mut script = std::collections::VecDeque::new();
+    let mut at_ms = 1_700_000_000_000;
+    let mut next = |readings: Vec<Reading>, events: Vec<Event>| {
+        at_ms += 1000;
+        script.push_back(Sample { at_ms, readings, events });
+    };
+    next(vec![reading_of("ens5", 1), reading_of("pod-a", 1)], vec![]);
+    let failed = |device: &str| Event::ReadFailed {
+        device: device.into(),
+        reason: ReadError::Io,
+        detail: "EIO".into(),
+    };
+    next(vec![reading_of("ens5", 1)], vec![failed("pod-a")]);
+    next(vec![reading_of("ens5", 1)], vec![Event::Vanished { device: "pod-a".into() }]);
+    // Pods come and go: each one read twice, then gone.
+    for pod in 0..20 {
+        let name = format!("pod{pod}");
+        next(vec![reading_of("ens5", 1), reading_of(&name, 1)], vec![]);
+        next(vec![reading_of("ens5", 1), reading_of(&name, 2)], vec![]);
+        next(vec![reading_of("ens5", 1)], vec![Event::Vanished { device: name }]);
+    }
+    next(vec![reading_of("ens5", 1)], vec![]);
+
+    let store = Arc::new(Store::new(100));
+    let mut sampler = Sampler::new(Box::new(Script(script)), served_settings(), Arc::clone(&store));
+    let options =
+        Options { compat: Vec::new(), interval: Duration::from_secs(1), notify: None, remote_write: None };
+    // Devices seen at the previous tick, and those that left the tick before that.
+    let mut seen: Vec<String> = Vec::new();
+    let mut gone_a_tick_ago: Vec<String> = Vec::new();
+    while let Some(snapshot) = sampler.tick(0) {
+        let body = enawatch::metrics::render(&snapshot, &options, enawatch::metrics::encode::Format::Text);
+        for name in &gone_a_tick_ago {
+            let label = format!("device=\"{name}\"");
+            let left: Vec<&str> = body.lines().filter(|l| l.contains(&label)).collect();
+            assert!(left.is_empty(), "{name} vanished a tick ago, its series remain:\n{}", left.join("\n"));
+        }
+        let now: Vec<String> = snapshot.devices.iter().map(|d| d.device.name.clone()).collect();
+        gone_a_tick_ago = seen.iter().filter(|n| !now.contains(n)).cloned().collect();
+        seen = now;
+        assert!(body.contains("device=\"ens5\""), "the device that stays keeps its series");
+    }
+    let last = store.latest();
+    assert!(last.read_errors.is_empty(), "{:?}", last.read_errors);
+    assert_eq!(last.devices.len(), 1);
+}
+
+/// Captures what `f` logs (text format, no colours).
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Device churn flooded the log: a line for every device that vanished (and, with the
+/// live source, one for every batch that appeared), so a node whose pods come and go logged
+/// without end. Per-device lines are now rate-limited (one per device and state change, ten
+/// a minute at most) and the rest of the minute's churn is one summary line.
+#[test]
+fn device_churn_logs_a_bounded_number_of_lines_and_a_summary() {
+    use enawatch::source::Event;
+
+    // 180 pods over three minutes (one a second, each seen for two ticks, never throttled),
+    // on top of ens5.
+    let mut script = std::collections::VecDeque::new();
+    let start = 1_700_000_000_000;
+    let ticks = 185;
+    for t in 0..ticks {
+        let mut readings = vec![reading_of("ens5", 1)];
+        let mut events = Vec::new();
+        if t < 180 {
+            readings.push(reading_of(&format!("pod{t}"), 1));
+        }
+        if (1..=180).contains(&t) {
+            // Sorted by name, as every source gives them.
+            readings.push(reading_of(&format!("pod{}", t - 1), 1));
+        }
+        if t >= 2 && t - 2 < 180 {
+            events.push(Event::Vanished { device: format!("pod{}", t - 2) });
+        }
+        readings.sort_by(|a, b| a.device.name.cmp(&b.device.name));
+        script.push_back(Sample { at_ms: start + t * 1000, readings, events });
+    }
+    let store = Arc::new(Store::new(100));
+    let log = logged(|| {
+        let mut sampler = Sampler::new(Box::new(Script(script)), served_settings(), store);
+        while sampler.tick(0).is_some() {}
+    });
+    let per_device: Vec<&str> = log.lines().filter(|l| l.contains("pod")).collect();
+    // Three minutes and a little more: four windows of ten lines at most.
+    assert!(per_device.len() <= 40, "{} per-device lines:\n{log}", per_device.len());
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains("in the last minute")).collect();
+    assert!(summaries.len() >= 2, "a summary line per minute of churn:\n{log}");
+    assert!(summaries.iter().all(|l| l.contains("appeared") && l.contains("vanished")), "{summaries:#?}");
+    assert!(log.lines().count() <= 50, "{} lines in all:\n{log}", log.lines().count());
+}
+
+// === Hostile configuration ===
+
+/// Runs `enawatch serve --config CONFIG` and waits at most a second for it to exit; `None`
+/// when it was still running then (it is killed).
+fn start_with_config(config: &std::path::Path) -> Option<(Option<i32>, String)> {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &free_listen_address(), "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            return Some((status.code(), stderr));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes a FIFO (a named pipe nobody writes to: opening it to read waits for a writer).
+fn fifo(path: &std::path::Path) -> std::path::PathBuf {
+    let out = Command::new("mkfifo").arg(path).output().unwrap();
+    assert!(out.status.success(), "mkfifo: {}", String::from_utf8_lossy(&out.stderr));
+    path.to_owned()
+}
+
+/// Secret and CA files were read whole, without a size bound and whatever they were: a
+/// FIFO hung start-up, `/dev/zero` filled memory, a huge file was read into it. They are now
+/// read through one bounded reader that refuses anything but a regular file and anything
+/// over its limit, and start-up exits 2 at once with an error naming the field and the file.
+#[test]
+fn a_fifo_or_endless_secret_file_fails_start_up_at_once_naming_the_field() {
+    let dir = TempDir::new("regression");
+    let pipe = fifo(&dir.join("secret.fifo"));
+    let huge = dir.join("huge");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 20).unwrap();
+    let password = dir.join("password");
+    std::fs::write(&password, "hunter2\n").unwrap();
+    let remote_write =
+        |auth_or_tls: &str| format!("remote_write:\n  - url: http://127.0.0.1:9/api/v1/write\n{auth_or_tls}");
+    let basic = |file: &std::path::Path| {
+        remote_write(&format!(
+            "    auth:\n      basic:\n        username: u\n        password_file: {}\n",
+            file.display()
+        ))
+    };
+    let cases = [
+        ("password_file", pipe.clone(), basic(&pipe)),
+        ("password_file", std::path::PathBuf::from("/dev/zero"), basic(std::path::Path::new("/dev/zero"))),
+        ("password_file", huge.clone(), basic(&huge)),
+        (
+            "token_file",
+            pipe.clone(),
+            remote_write(&format!("    auth:\n      bearer:\n        token_file: {}\n", pipe.display())),
+        ),
+        ("ca_file", pipe.clone(), format!("{}    ca_file: {}\n", basic(&password), pipe.display())),
+        ("ca_file", "/dev/zero".into(), format!("{}    ca_file: /dev/zero\n", basic(&password))),
+        (
+            "url_file",
+            pipe.clone(),
+            format!("alerts:\n  receivers:\n    - type: webhook\n      url_file: {}\n", pipe.display()),
+        ),
+    ];
+    for (field, file, yaml) in cases {
+        let config = dir.join("enawatch.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let Some((code, stderr)) = start_with_config(&config) else {
+            panic!("{field} = {}: start-up did not end within a second\n{yaml}", file.display());
+        };
+        assert_eq!(code, Some(2), "{field} = {}: {stderr}", file.display());
+        assert!(
+            stderr.contains(field) && stderr.contains(&file.display().to_string()),
+            "the error names the field and the file: {stderr}"
+        );
+    }
+    // The config file itself.
+    let Some((code, stderr)) = start_with_config(&pipe) else { panic!("a FIFO as --config hung start-up") };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&pipe.display().to_string()), "{stderr}");
+}
+
+/// The lists of the config file had no bound: a config with a huge list of receivers,
+/// endpoints, rule overrides, headers, labels or ENIs was accepted (and a worker started per
+/// receiver and endpoint). Each list now has a limit, and one entry over it is an error
+/// naming the field and the limit: start-up exits 2 at once.
+#[test]
+fn a_huge_config_list_is_refused_naming_the_field_and_the_limit() {
+    let dir = TempDir::new("regression");
+    let repeat = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<String>();
+    let endpoint = "  - url: http://127.0.0.1:9/api/v1/write\n";
+    let cases: [(&str, String); 7] = [
+        (
+            "alerts.receivers",
+            format!(
+                "alerts:\n  receivers:\n{}",
+                repeat(1000, &|_| "    - type: webhook\n      url: http://127.0.0.1:9/\n".into())
+            ),
+        ),
+        (
+            "alerts.rules",
+            format!(
+                "alerts:\n  rules:\n{}",
+                repeat(10_000, &|_| "    - alert: LinkLocalBudgetNearlyExhausted\n      for: 5s\n".into())
+            ),
+        ),
+        (
+            "remote_write",
+            format!(
+                "remote_write:\n{}",
+                repeat(1000, &|i| format!("  - url: http://127.0.0.1:9/w\n    name: e{i}\n"))
+            ),
+        ),
+        (
+            "headers",
+            format!(
+                "remote_write:\n{endpoint}    headers:\n{}",
+                repeat(1000, &|i| format!("      X-H{i}: v\n"))
+            ),
+        ),
+        (
+            "external_labels",
+            format!(
+                "remote_write:\n{endpoint}    external_labels:\n{}",
+                repeat(1000, &|i| format!("      l{i}: v\n"))
+            ),
+        ),
+        ("eni", format!("eni:\n{}", repeat(10_000, &|i| format!("  eth{i}: eni-{i:017x}\n")))),
+        (
+            "compat",
+            format!(
+                "compat: [{}]\n",
+                repeat(10_000, &|i| if i == 0 { "showmax".into() } else { ", showmax".into() })
+            ),
+        ),
+    ];
+    for (field, yaml) in cases {
+        let config = dir.join("enawatch.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let Some((code, stderr)) = start_with_config(&config) else {
+            panic!("a huge {field} list: start-up did not end within a second");
+        };
+        assert_eq!(code, Some(2), "a huge {field} list: {stderr}");
+        assert!(stderr.contains(field) && stderr.contains("limit"), "names {field} and its limit: {stderr}");
+    }
+}

@@ -23,11 +23,15 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use super::Transition;
+use crate::base::file::{read_bounded_text, SECRET_LIMIT};
 use crate::base::time::rfc3339;
 use crate::base::ConfigError;
 use crate::history::{Alert, State};
 use crate::metrics::telemetry::ReceiverStats;
 use crate::outbound::{self, Backoff, Class, ClientOptions};
+
+/// Most receivers (`alerts.receivers`): each has a worker, a queue and a client of its own.
+pub const MAX_RECEIVERS: usize = 16;
 
 /// A receiver as written in the config file (`alerts.receivers`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -110,8 +114,8 @@ impl ReceiverConfig {
         let (raw, origin) = if let Some(url) = &self.url {
             (url.clone(), "url".to_owned())
         } else if let Some(path) = &self.url_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad("url_file", &path.display().to_string(), &format!("cannot be read: {e}")))?;
+            let text = read_bounded_text(path, SECRET_LIMIT)
+                .map_err(|e| bad("url_file", &path.display().to_string(), &e.to_string()))?;
             (text.trim().to_owned(), format!("the URL in {}", path.display()))
         } else {
             let var = self.url_env.as_deref().unwrap_or_default();

@@ -38,8 +38,14 @@ pub struct RuleOverride {
     pub keep_firing_for: Option<String>,
 }
 
+/// Most entries of `alerts.rules`: several per shipped rule and severity, and then some.
+pub const MAX_OVERRIDES: usize = 64;
+
 /// The default rules with `overrides` applied; errors name the override and its field.
 pub fn rules_with(overrides: &[RuleOverride]) -> Result<Vec<LocalRule>, ConfigError> {
+    if overrides.len() > MAX_OVERRIDES {
+        return Err(ConfigError::too_long("alerts.rules", overrides.len(), "overrides", MAX_OVERRIDES));
+    }
     let mut rules = default_rules();
     for (i, o) in overrides.iter().enumerate() {
         let bad = |what: &str, value: &str, problem: &str| ConfigError::Invalid {

@@ -24,3 +24,14 @@ pub enum ConfigError {
         problem: String,
     },
 }
+
+impl ConfigError {
+    /// A list of `len` `items` in `field`, longer than its `limit`: the error names all three.
+    pub fn too_long(field: &'static str, len: usize, items: &str, limit: usize) -> Self {
+        Self::Invalid {
+            field,
+            value: format!("{len} {items}"),
+            problem: format!("is more than the limit of {limit}"),
+        }
+    }
+}

@@ -178,8 +178,14 @@ impl Ring {
     }
 
     fn push(&mut self, capacity: usize, p: Point) {
-        if self.points.len() == capacity {
+        let len = self.points.len();
+        if len == capacity {
             self.points.pop_front();
+        } else if len == self.points.capacity() {
+            // Grown by doubling, up to exactly `capacity`, rather than allocated whole at
+            // once: a device seen for a few ticks (a pod's veth) holds a few points, and the
+            // churn of such devices leaves no history-sized holes in the heap.
+            self.points.reserve_exact(len.max(8).min(capacity - len));
         }
         if self.points.is_empty() {
             self.base_ms = p.at_ms;
@@ -237,7 +243,7 @@ impl History {
             None => self
                 .rings
                 .entry(device.to_owned())
-                .or_insert_with(|| Ring { base_ms: point.at_ms, points: VecDeque::with_capacity(capacity) }),
+                .or_insert_with(|| Ring { base_ms: point.at_ms, points: VecDeque::new() }),
         };
         ring.push(capacity, point);
     }
@@ -398,5 +404,18 @@ mod tests {
         assert_eq!(h.points("ens6").count(), 1);
         h.remove("ens5");
         assert_eq!(h.points("ens5").count(), 0);
+    }
+
+    #[test]
+    fn a_ring_grows_with_its_device_up_to_exactly_the_history() {
+        let mut h = History::new(900);
+        h.push("veth", point(0));
+        assert!(h.rings["veth"].points.capacity() < 16, "a device seen once holds one point's worth");
+        for t in 1..2000 {
+            h.push("veth", point(t));
+            assert!(h.rings["veth"].points.capacity() <= 900, "never more than the history");
+        }
+        assert_eq!(h.rings["veth"].points.capacity(), 900);
+        assert_eq!(h.points("veth").next().map(|p| p.at_ms), Some(1100));
     }
 }

@@ -1,5 +1,5 @@
-//! The client builder: the one place a `reqwest::Client` is made, and where rustls gets its
-//! crypto provider.
+//! The client builder: the one place a `reqwest::Client` is made, where rustls gets its
+//! crypto provider, and where host names are looked up ([`Lookup`]).
 
 use std::sync::Once;
 use std::time::Duration;
@@ -97,6 +97,11 @@ impl ClientOptions {
         install_crypto_provider();
         #[expect(clippy::disallowed_methods, reason = "the one place an HTTP client is built")]
         let mut builder = Client::builder();
+        // The lookup runs inside the connect timeout (or the request's), which would end a
+        // lookup that gets no answer with its own anonymous "operation timed out"; the
+        // lookup's deadline comes first, so the error says that it was the name lookup.
+        let budget = self.connect_timeout.or(self.timeout);
+        builder = builder.dns_resolver(Lookup { deadline: budget.map(lookup_deadline) });
         if let Some(timeout) = self.timeout {
             builder = builder.timeout(timeout);
         }
@@ -117,6 +122,63 @@ impl ClientOptions {
             builder = builder.tls_certs_merge(roots);
         }
         builder.build().map_err(|e| ClientError::Build(describe(&e)))
+    }
+}
+
+// === name lookup ===
+
+/// How much earlier than the connect timeout a lookup that gets no answer gives up: enough
+/// for its error, not the timeout's, to be the one that comes out.
+const LOOKUP_MARGIN: Duration = Duration::from_millis(250);
+
+/// The lookup's share of a connect timeout of `budget`.
+fn lookup_deadline(budget: Duration) -> Duration {
+    budget.saturating_sub(LOOKUP_MARGIN).max(budget / 2)
+}
+
+/// Host name lookup with the system's resolver (`getaddrinfo`, as reqwest's default) and
+/// errors that name the lookup and the host.
+struct Lookup {
+    deadline: Option<Duration>,
+}
+
+/// A failed lookup: which host, and whether it failed or got no answer in time.
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    /// The resolver answered that it cannot resolve the name.
+    #[error("name lookup of {host} failed: {source}")]
+    Failed {
+        /// The host name.
+        host: String,
+        /// The resolver's words.
+        source: std::io::Error,
+    },
+    /// No answer before the deadline (the DNS server does not answer, or is unreachable).
+    #[error("name lookup of {host} got no answer within {}ms (is the DNS server reachable?)", after.as_millis())]
+    NoAnswer {
+        /// The host name.
+        host: String,
+        /// How long it waited.
+        after: Duration,
+    },
+}
+
+impl reqwest::dns::Resolve for Lookup {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let deadline = self.deadline;
+        Box::pin(async move {
+            // The port is the URL's; reqwest puts it in after the lookup.
+            let lookup = tokio::net::lookup_host((host.clone(), 0));
+            let found = match deadline {
+                Some(after) => tokio::time::timeout(after, lookup)
+                    .await
+                    .map_err(|_| LookupError::NoAnswer { host: host.clone(), after })?,
+                None => lookup.await,
+            };
+            let addrs: Vec<_> = found.map_err(|source| LookupError::Failed { host, source })?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -146,6 +208,18 @@ pub fn describe(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_named_as_the_lookup() {
+        let client = ClientOptions::new().connect_timeout(Duration::from_secs(5)).build().unwrap();
+        // RFC 2606: no name under .invalid resolves.
+        let err = client.get("http://enawatch-test.invalid:9/").send().await.unwrap_err();
+        let text = describe(&err);
+        assert!(text.contains("name lookup of enawatch-test.invalid"), "{text}");
+        assert!(err.is_connect(), "retried like any other network trouble: {text}");
+        assert_eq!(lookup_deadline(Duration::from_secs(10)), Duration::from_millis(9750));
+        assert_eq!(lookup_deadline(Duration::from_millis(300)), Duration::from_millis(150));
+    }
 
     #[test]
     fn a_bad_root_pem_is_named() {

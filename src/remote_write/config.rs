@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::credentials;
+use crate::base::file::{read_bounded, CA_LIMIT, SECRET_LIMIT};
 use crate::base::{parse_duration, ConfigError, HumanDuration};
 
 /// One endpoint of the `remote_write` list in the config file.
@@ -123,6 +124,12 @@ const MIN_BACKOFF: &str = "500ms";
 const MAX_BACKOFF: &str = "30s";
 /// Most steps a queue may hold (a day at 1 s): about 40 MB for a node's series.
 const MAX_QUEUE_STEPS: u128 = 86_400;
+/// Most endpoints: each has a sender, a queue of up to `queue_duration` and perhaps a spool.
+pub const MAX_ENDPOINTS: usize = 8;
+/// Most extra headers of an endpoint (each goes with every request).
+pub const MAX_HEADERS: usize = 32;
+/// Most external labels of an endpoint (each goes with every series).
+pub const MAX_EXTERNAL_LABELS: usize = 32;
 /// Headers the agent sets itself.
 const RESERVED_HEADERS: [&str; 8] = [
     "authorization",
@@ -280,8 +287,7 @@ impl EndpointConfig {
             None => Vec::new(),
             Some(path) => {
                 let shown = path.display().to_string();
-                let pem = std::fs::read(path)
-                    .map_err(|e| bad("ca_file", &shown, &format!("cannot be read: {e}")))?;
+                let pem = read_bounded(path, CA_LIMIT).map_err(|e| bad("ca_file", &shown, &e.to_string()))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)
                     .map_err(|e| bad("ca_file", &shown, &format!("is not PEM certificates ({e})")))?;
                 if certs.is_empty() {
@@ -291,6 +297,15 @@ impl EndpointConfig {
             }
         };
 
+        let too_many = |field: &str, n: usize, limit: usize| {
+            bad(field, &format!("{n} entries"), &format!("is more than the limit of {limit}"))
+        };
+        if self.headers.len() > MAX_HEADERS {
+            return Err(too_many("headers", self.headers.len(), MAX_HEADERS));
+        }
+        if self.external_labels.len() > MAX_EXTERNAL_LABELS {
+            return Err(too_many("external_labels", self.external_labels.len(), MAX_EXTERNAL_LABELS));
+        }
         let mut headers = Vec::new();
         for (k, v) in &self.headers {
             let lower = k.to_ascii_lowercase();
@@ -420,10 +435,10 @@ fn region_of(url: &reqwest::Url) -> Option<String> {
 
 /// Checks a secret file without reading it into an error.
 fn secret_file(_field: &str, path: &Path) -> Result<(), String> {
-    match std::fs::read(path) {
+    match read_bounded(path, SECRET_LIMIT) {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err("is empty".into()),
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot be read: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -498,6 +513,9 @@ impl Endpoint {
 
 /// Checks every entry; names must be unique.
 pub fn resolve_all(configs: &[EndpointConfig], interval: Duration) -> Result<Vec<Endpoint>, ConfigError> {
+    if configs.len() > MAX_ENDPOINTS {
+        return Err(ConfigError::too_long("remote_write", configs.len(), "endpoints", MAX_ENDPOINTS));
+    }
     let endpoints =
         configs.iter().enumerate().map(|(i, c)| c.resolve(i, interval)).collect::<Result<Vec<_>, _>>()?;
     for (i, e) in endpoints.iter().enumerate() {

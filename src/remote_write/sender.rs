@@ -293,7 +293,8 @@ async fn excerpt(mut response: reqwest::Response) -> String {
 
 /// A secret from a file, without its trailing newline.
 fn read_secret(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::base::file::read_bounded_text(path, crate::base::file::SECRET_LIMIT)
+        .map_err(|e| format!("{} {e}", path.display()))?;
     let text = text.trim_end_matches(['\r', '\n']).to_owned();
     if text.is_empty() {
         return Err(format!("{} is empty", path.display()));

@@ -6,7 +6,9 @@
 //! next ones skip (and count) the slots it missed instead of bunching up.
 //!
 //! Logging is per event, never per tick: a device that starts failing is logged once, and
-//! once more when it recovers.
+//! once more when it recovers. Devices that come and go (pod veths under
+//! `--device-include`) are logged one line per device and change, ten such lines a minute at
+//! most; beyond that, the minute's churn is one summary line ([`ChurnLog`]).
 
 pub mod counters;
 
@@ -36,7 +38,8 @@ pub struct Settings {
     pub interval: Duration,
     /// Which driver stats the compatibility families export; `None`: the six allowance stats.
     pub compat_stats: Option<Regex>,
-    /// How long error counters of vanished devices stay visible (Unix ms span).
+    /// How long the error counters of a device the source stops mentioning stay visible
+    /// (Unix ms span). A device the source says vanished leaves them at the next tick.
     pub forget_after_ms: i64,
 }
 
@@ -49,6 +52,63 @@ struct OpenEpisode {
 
 /// An episode ends after this long without a new drop (one log line per episode, not per tick).
 const EPISODE_QUIET_MS: i64 = 10_000;
+
+/// Lines about devices appearing or vanishing logged per minute; the rest are counted into
+/// the minute's summary line.
+const CHURN_LINES_PER_MINUTE: u32 = 10;
+const CHURN_WINDOW_MS: i64 = 60_000;
+
+/// Rate-limits the lines about devices that appear and vanish, on sample time.
+#[derive(Default)]
+struct ChurnLog {
+    /// Start of the current minute; `None` before the first line of churn.
+    since_ms: Option<i64>,
+    /// Per-device lines logged this minute.
+    lines: u32,
+    appeared: u64,
+    vanished: u64,
+    /// Devices whose line was left out this minute.
+    left_out: u64,
+}
+
+impl ChurnLog {
+    /// Ends the minute when it is over: one summary line if any per-device line was left
+    /// out (otherwise the per-device lines already said it all).
+    fn roll(&mut self, at_ms: i64) {
+        let Some(since) = self.since_ms else { return };
+        if at_ms.saturating_sub(since) < CHURN_WINDOW_MS {
+            return;
+        }
+        if self.left_out > 0 {
+            info!(
+                appeared = self.appeared,
+                vanished = self.vanished,
+                not_logged_one_by_one = self.left_out,
+                "device churn: {} appeared, {} vanished in the last minute",
+                self.appeared,
+                self.vanished
+            );
+        }
+        *self = Self::default();
+    }
+
+    /// Counts `n` devices that appeared (or vanished); how many of them may have a line.
+    fn allow(&mut self, at_ms: i64, n: usize, appeared: bool) -> usize {
+        self.roll(at_ms);
+        self.since_ms.get_or_insert(at_ms);
+        let n64 = n as u64;
+        if appeared {
+            self.appeared += n64;
+        } else {
+            self.vanished += n64;
+        }
+        let room = CHURN_LINES_PER_MINUTE.saturating_sub(self.lines) as usize;
+        let allowed = n.min(room);
+        self.lines += u32::try_from(allowed).unwrap_or(u32::MAX);
+        self.left_out += (n - allowed) as u64;
+        allowed
+    }
+}
 
 /// What runs on every snapshot after a tick, before readers see it: the local alert
 /// evaluator fills in the snapshot's alert state here, from the history the tick extended.
@@ -65,7 +125,10 @@ pub struct Sampler {
     store: Arc<Store>,
     devices: BTreeMap<String, DeviceState>,
     errors: BTreeMap<(String, ReadError), (u64, i64)>,
+    /// Devices that vanished at the last tick: their error counters go at this one.
+    vanished: Vec<String>,
     failing: BTreeSet<String>,
+    churn: ChurnLog,
     /// Throttling under way, by device and allowance, for one log line at each end.
     episodes: BTreeMap<(String, Allowance), OpenEpisode>,
     /// What runs on each snapshot before it is published (the local alerts).
@@ -83,7 +146,9 @@ impl Sampler {
             store,
             devices: BTreeMap::new(),
             errors: BTreeMap::new(),
+            vanished: Vec::new(),
             failing: BTreeSet::new(),
+            churn: ChurnLog::default(),
             episodes: BTreeMap::new(),
             hook: None,
             seq: 0,
@@ -116,10 +181,22 @@ impl Sampler {
             return None;
         };
         let at_ms = sample.at_ms;
+        // A device that vanished at the last tick showed its `no_device` read error then;
+        // now it leaves that family too, as it left every other one then. (One that comes
+        // back is a new device: it starts without errors.)
+        for name in std::mem::take(&mut self.vanished) {
+            self.errors.retain(|(device, _), _| *device != name);
+        }
+        self.churn.roll(at_ms);
         let mut points = Vec::with_capacity(sample.readings.len());
+        let mut appeared = Vec::new();
         for reading in sample.readings {
             if self.failing.remove(&reading.device.name) {
                 info!(device = %reading.device.name, "device readable again");
+            }
+            if self.seq > 0 && !self.devices.contains_key(&reading.device.name) {
+                // The first tick's devices are the source's to announce (the start-up line).
+                appeared.push(describe(&reading.device));
             }
             let name = reading.device.name.clone();
             if let Some((point, added)) = self.apply(reading, at_ms) {
@@ -127,31 +204,14 @@ impl Sampler {
                 points.push((name, point));
             }
         }
-        let mut vanished = Vec::new();
-        for event in sample.events {
-            match event {
-                Event::ReadFailed { device, reason, detail } => {
-                    self.count_error(&device, reason, at_ms);
-                    if self.failing.insert(device.clone()) {
-                        warn!(device = %device, reason = reason.label(), error = %detail,
-                            "cannot read device statistics; retrying every tick, logging when it recovers");
-                    }
-                }
-                Event::SchemaChanged { device } => {
-                    self.count_error(&device, ReadError::SchemaChanged, at_ms);
-                    info!(device = %device, "driver stat set changed; sample dropped, names re-read");
-                }
-                Event::Vanished { device } => {
-                    self.count_error(&device, ReadError::NoDevice, at_ms);
-                    self.failing.remove(&device);
-                    self.episodes.retain(|(d, _), _| *d != device);
-                    if self.devices.remove(&device).is_some() {
-                        info!(device = %device, "device vanished; its series are dropped");
-                    }
-                    vanished.push(device);
-                }
+        if !appeared.is_empty() {
+            let shown = self.churn.allow(at_ms, appeared.len(), true);
+            if shown > 0 {
+                appeared.truncate(shown);
+                info!(devices = %appeared.join(", "), "new devices watched");
             }
         }
+        let vanished = self.handle(sample.events, at_ms);
         self.close_quiet_episodes(at_ms);
         let forget_before = at_ms.saturating_sub(self.settings.forget_after_ms);
         let devices = &self.devices;
@@ -166,6 +226,7 @@ impl Sampler {
                 h.remove(name);
             }
         });
+        self.vanished = vanished;
         self.seq += 1;
         let mut snapshot = Snapshot {
             seq: self.seq,
@@ -191,6 +252,36 @@ impl Sampler {
         let snapshot = Arc::new(snapshot);
         self.store.publish(Arc::clone(&snapshot));
         Some(snapshot)
+    }
+
+    /// Counts and logs what happened to devices this tick; the devices that vanished.
+    fn handle(&mut self, events: Vec<Event>, at_ms: i64) -> Vec<String> {
+        let mut vanished = Vec::new();
+        for event in events {
+            match event {
+                Event::ReadFailed { device, reason, detail } => {
+                    self.count_error(&device, reason, at_ms);
+                    if self.failing.insert(device.clone()) {
+                        warn!(device = %device, reason = reason.label(), error = %detail,
+                            "cannot read device statistics; retrying every tick, logging when it recovers");
+                    }
+                }
+                Event::SchemaChanged { device } => {
+                    self.count_error(&device, ReadError::SchemaChanged, at_ms);
+                    info!(device = %device, "driver stat set changed; sample dropped, names re-read");
+                }
+                Event::Vanished { device } => {
+                    self.count_error(&device, ReadError::NoDevice, at_ms);
+                    self.failing.remove(&device);
+                    self.episodes.retain(|(d, _), _| *d != device);
+                    if self.devices.remove(&device).is_some() && self.churn.allow(at_ms, 1, false) > 0 {
+                        info!(device = %device, "device vanished; its series are dropped");
+                    }
+                    vanished.push(device);
+                }
+            }
+        }
+        vanished
     }
 
     /// Logs the start of throttling on a device.
@@ -340,6 +431,15 @@ impl Sampler {
                 }
             }
         })
+    }
+}
+
+/// A device for the log: its name and driver.
+fn describe(device: &crate::source::Device) -> String {
+    if device.driver.is_empty() {
+        device.name.clone()
+    } else {
+        format!("{} ({})", device.name, device.driver)
     }
 }
 

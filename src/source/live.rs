@@ -1,9 +1,15 @@
 //! The live source: the kernel's ethtool statistics of this host's interfaces.
 //!
-//! Per tick it issues exactly one `ETHTOOL_GSTATS` per watched device and nothing else.
+//! Per tick it issues exactly one `ETHTOOL_GSTATS` per watched device (one `ETHTOOL_GDRVINFO`
+//! for a device without statistics, only to notice it vanish) and nothing else.
 //! Discovery (one netlink dump, plus one `ETHTOOL_GDRVINFO` per interface never seen before)
 //! runs at start and every rediscovery period; stat names (`ETHTOOL_GSTRINGS`) are read when
 //! a device is first watched and again only when its stat count changes.
+//!
+//! Devices are read by name, so one deleted and re-created under the same name between two
+//! discoveries reads on. The link-local meter's socket is bound to an interface index,
+//! though: when that interface is gone (the kernel unbinds the socket), discovery runs at
+//! once and the meter follows the new interface.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
 use crate::base::allowance::ENA_DRIVER;
@@ -76,6 +82,8 @@ pub(crate) struct LiveSource {
     meter_program: Option<Vec<Instruction>>,
     /// The DNS capture (every interface) and where its analysis goes.
     dns: Option<(PacketSocket, Arc<Mutex<DnsStats>>)>,
+    /// What discovery found out for the next sample to say (a watched device gone).
+    pending: Vec<Event>,
 }
 
 struct Watched {
@@ -112,6 +120,7 @@ impl LiveSource {
                 }
             }),
             selection,
+            pending: Vec::new(),
         })
     }
 
@@ -127,6 +136,14 @@ impl LiveSource {
         self.drivers.retain(|index, _| links.iter().any(|l| l.index == *index));
         let mut added = Vec::new();
         let mut skipped = Vec::new();
+        // Watched devices whose name is now another interface's (deleted and re-created under
+        // that name): followed below while still selected, else they vanish.
+        let mut recreated: Vec<String> = self
+            .watched
+            .iter()
+            .filter(|w| links.iter().any(|l| l.name == w.device.name && l.index != w.index))
+            .map(|w| w.device.name.clone())
+            .collect();
         for link in &links {
             let Some(ifname) = IfName::new(&link.name) else { continue };
             let ethtool = &self.ethtool;
@@ -142,7 +159,18 @@ impl LiveSource {
                 }
                 continue;
             }
+            let meter = match self.open_meter(&link.name, link.index) {
+                Meter::On(socket) => Some(socket),
+                Meter::Off => None,
+                // Gone between the listing and now: nothing to watch (a re-created device
+                // this was vanishes below).
+                Meter::Gone => continue,
+            };
             // Same name, new index: the interface was re-created; start it afresh.
+            if let Some(at) = recreated.iter().position(|name| *name == link.name) {
+                recreated.swap_remove(at);
+                info!(device = %link.name, index = link.index, "device re-created under the same name; following the new interface");
+            }
             self.watched.retain(|w| w.device.name != link.name);
             let driver = driver.unwrap_or_default();
             let eni = self
@@ -160,7 +188,6 @@ impl LiveSource {
                 eni,
             });
             added.push(describe(&device));
-            let meter = self.open_meter(&link.name, link.index);
             self.watched.push(Watched {
                 ifname,
                 index: link.index,
@@ -170,11 +197,19 @@ impl LiveSource {
                 meter,
             });
         }
+        // Re-created as an interface no longer selected (or gone again): it vanishes.
+        for name in recreated {
+            self.watched.retain(|w| w.device.name != name);
+            self.pending.push(Event::Vanished { device: name });
+        }
         self.watched.sort_by(|a, b| a.device.name.cmp(&b.device.name));
 
-        if !added.is_empty() {
-            let verb = if self.first_discovery { "watching devices" } else { "new devices watched" };
-            info!(devices = %added.join(", "), reason = self.selection.reason(), "{verb}");
+        if !added.is_empty() && !self.first_discovery {
+            // The sampler announces devices that appear later, rate-limited with the rest of
+            // the churn: pod veths come and go all day.
+            debug!(devices = %added.join(", "), "new devices watched");
+        } else if !added.is_empty() {
+            info!(devices = %added.join(", "), reason = self.selection.reason(), "watching devices");
         } else if self.first_discovery && self.watched.is_empty() {
             warn!(
                 interfaces = %skipped.join(", "),
@@ -197,10 +232,11 @@ impl LiveSource {
 
     /// Opens the link-local meter on a device; turns the meter off (once, with one log
     /// line) when the process may not open packet sockets.
-    fn open_meter(&mut self, name: &str, index: u32) -> Option<PacketSocket> {
-        let program = self.meter_program.as_ref()?;
+    fn open_meter(&mut self, name: &str, index: u32) -> Meter {
+        let Some(program) = self.meter_program.as_ref() else { return Meter::Off };
         match PacketSocket::open(index, program, Ring::METER) {
-            Ok(socket) => Some(socket),
+            Ok(socket) => Meter::On(socket),
+            Err(err) if ReadError::from_io(&err) == ReadError::NoDevice => Meter::Gone,
             Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
                 warn!(
                     error = %err,
@@ -208,13 +244,21 @@ impl LiveSource {
                      it is off, everything else keeps working"
                 );
                 self.meter_program = None;
-                None
+                Meter::Off
             }
             Err(err) => {
                 warn!(device = name, error = %err, "cannot meter link-local traffic on this device");
-                None
+                Meter::Off
             }
         }
+    }
+
+    /// Whether a metered device's interface is gone since discovery: the kernel unbinds the
+    /// socket of an interface it unregisters.
+    fn meter_lost(&self) -> bool {
+        self.watched
+            .iter()
+            .any(|w| w.meter.as_ref().is_some_and(|m| m.bound_index().ok() != i32::try_from(w.index).ok()))
     }
 
     /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
@@ -249,6 +293,15 @@ fn describe(d: &Device) -> String {
     s
 }
 
+/// What opening the meter on a device came to.
+enum Meter {
+    On(PacketSocket),
+    /// The meter is off, or cannot run on this device.
+    Off,
+    /// The device is gone.
+    Gone,
+}
+
 /// What one device's read came to.
 enum Outcome {
     Read(Reading),
@@ -280,6 +333,14 @@ impl LiveSource {
         };
         let result = (|| {
             if w.no_stats {
+                // Nothing to read, so no read would notice the device go: ask the driver its
+                // name instead (no admin command on any driver). Only "gone" counts here; a
+                // device without driver information (loopback) is still there.
+                if let Err(err) = ethtool.driver_info(w.ifname) {
+                    if ReadError::from_io(&err) == ReadError::NoDevice {
+                        return Err(err);
+                    }
+                }
                 return Ok(reading(Arc::clone(empty), &[]));
             }
             if w.schema.is_none() && !Self::load_schema(ethtool, w)? {
@@ -324,10 +385,11 @@ impl Source for LiveSource {
             });
             stats.dropped += u64::from(socket.dropped().unwrap_or(0));
         }
-        if Instant::now() >= self.next_discovery {
+        if Instant::now() >= self.next_discovery || self.meter_lost() {
             self.discover();
             self.next_discovery = Instant::now() + self.rediscover_every;
         }
+        sample.events.append(&mut self.pending);
         let (ethtool, buf, empty) = (&self.ethtool, &mut self.buf, &self.empty);
         let no_targets = Targets::new(&[]);
         let targets = self.selection.linklocal.as_ref().unwrap_or(&no_targets);

@@ -218,6 +218,18 @@ impl PacketSocket {
         n
     }
 
+    /// The index of the interface the socket is bound to now: the kernel sets it to -1 when
+    /// that interface is unregistered (`packet_notifier`), so a socket whose interface was
+    /// deleted (and perhaps re-created under the same name, with a new index) says so here.
+    pub(crate) fn bound_index(&self) -> io::Result<i32> {
+        // SAFETY: an all-zero sockaddr_ll is valid; the kernel fills it in.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = u32::try_from(size_of::<libc::sockaddr_ll>()).expect("small");
+        // SAFETY: `addr` and `len` are valid for the call and `len` is `addr`'s size.
+        check(unsafe { libc::getsockname(self.fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) })?;
+        Ok(addr.sll_ifindex)
+    }
+
     /// Packets the kernel dropped because the ring was full, since the last call
     /// (`PACKET_STATISTICS` resets on read).
     pub fn dropped(&self) -> io::Result<u32> {
