@@ -23,6 +23,7 @@
 //! config      aggregates every component's settings (flags and file)
 //! generate    the rule files and the README's tables
 //! cmd         the subcommands and the runtime they share
+//! fuzz        entry points of the fuzz targets in fuzz/ (under `cargo fuzz`, and tests)
 //! ```
 
 pub mod base;
@@ -40,3 +41,5 @@ pub mod remote_write;
 pub mod config;
 pub mod generate;
 pub mod cmd;
+#[cfg(any(fuzzing, test))]
+pub mod fuzz;

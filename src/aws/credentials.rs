@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{sigv4, Credentials};
+use crate::base::file::{read_bounded_text, SECRET_LIMIT};
 use crate::base::time::parse_rfc3339;
 use crate::outbound::{ClientError, ClientOptions};
 
@@ -168,8 +169,10 @@ pub(crate) fn choose(env: Env<'_>) -> Result<Source, String> {
     Ok(Source::Imds { endpoint })
 }
 
+/// Start-up's check of a token file: read as every fetch will read it (a FIFO is refused
+/// here, where it would otherwise block a fetch forever).
 fn readable(var: &str, path: &std::path::Path) -> Result<(), String> {
-    std::fs::metadata(path).map(|_| ()).map_err(|e| format!("{var}: {} cannot be read: {e}", path.display()))
+    read_bounded_text(path, SECRET_LIMIT).map(drop).map_err(|e| format!("{var}: {} {e}", path.display()))
 }
 
 /// `enawatch-<node>`, within STS's 64 characters of `[\w+=,.@-]`.
@@ -292,8 +295,8 @@ impl Provider {
                 self.container(url, token_file.as_ref(), token.as_deref()).await?
             }
             Source::WebIdentity { token_file, role_arn, session_name } => {
-                let token = std::fs::read_to_string(token_file)
-                    .map_err(|e| format!("AWS_WEB_IDENTITY_TOKEN_FILE {}: {e}", token_file.display()))?;
+                let token = read_bounded_text(token_file, SECRET_LIMIT)
+                    .map_err(|e| format!("AWS_WEB_IDENTITY_TOKEN_FILE {} {e}", token_file.display()))?;
                 let form = [
                     ("Action", "AssumeRoleWithWebIdentity"),
                     ("Version", "2011-06-15"),
@@ -329,8 +332,8 @@ impl Provider {
         let mut request = self.client.get(url.clone());
         let token = match token_file {
             Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {}: {e}", path.display()))?
+                read_bounded_text(path, SECRET_LIMIT)
+                    .map_err(|e| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {} {e}", path.display()))?
                     .trim()
                     .to_owned(),
             ),
@@ -438,7 +441,7 @@ async fn text(response: Result<reqwest::Response, reqwest::Error>, what: &str) -
 }
 
 /// Credentials from the JSON of IMDS and container endpoints.
-fn from_json(body: &str) -> Result<Credentials, String> {
+pub(crate) fn from_json(body: &str) -> Result<Credentials, String> {
     let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON ({e})"))?;
     if let Some(code) = v.get("Code").and_then(|c| c.as_str()).filter(|c| *c != "Success") {
         let message = v.get("Message").and_then(|m| m.as_str()).unwrap_or_default();
@@ -459,7 +462,7 @@ fn from_json(body: &str) -> Result<Credentials, String> {
 }
 
 /// The text of the first `<name>…</name>` element, unescaped.
-fn xml_value(xml: &str, name: &str) -> Option<String> {
+pub(crate) fn xml_value(xml: &str, name: &str) -> Option<String> {
     let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
     let end = start + xml[start..].find(&format!("</{name}>"))?;
     Some(
@@ -505,7 +508,6 @@ mod tests {
         assert!(matches!(choose(&env(&all[4..])), Ok(Source::WebIdentity { .. })));
         let Ok(Source::Imds { endpoint }) = choose(&env(&[])) else { panic!("IMDS last") };
         assert_eq!(endpoint.as_str(), "http://169.254.169.254/");
-        let _ = std::fs::remove_dir_all(&dir);
 
         let err = |vars: &[(&str, &str)]| choose(&env(vars)).unwrap_err();
         assert!(err(&all[..1]).contains("AWS_SECRET_ACCESS_KEY is not"));
@@ -515,6 +517,19 @@ mod tests {
         assert!(err(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent/t"), ("AWS_ROLE_ARN", "arn")])
             .contains("AWS_WEB_IDENTITY_TOKEN_FILE: /nonexistent/t cannot be read"));
         assert!(err(&[("AWS_EC2_METADATA_DISABLED", "true")]).contains("no AWS credentials"));
+        // Regression (issue 13): token files were read whole and whatever they were, so a
+        // FIFO blocked the credential fetch forever; now start-up refuses it, naming it.
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let fifo = fifo.to_str().unwrap();
+        let e = err(&[("AWS_WEB_IDENTITY_TOKEN_FILE", fifo), ("AWS_ROLE_ARN", "arn")]);
+        assert!(e.contains(&format!("AWS_WEB_IDENTITY_TOKEN_FILE: {fifo} is a FIFO")), "{e}");
+        let e = err(&[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://x/"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", fifo),
+        ]);
+        assert!(e.contains("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") && e.contains("is a FIFO"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
         let chosen = choose(&env(&all)).unwrap();
         assert!(!format!("{chosen:?}").contains("s3cr3t"), "no secret in Debug output");
     }

@@ -7,14 +7,21 @@
 //! address: clients at the node's own addresses are attributed to the node. When the API is
 //! unreachable or forbids the request, attribution turns off with one log line and
 //! everything else keeps working.
+//!
+//! The service-account token is read from its file for every list and again after a 401,
+//! because the kubelet rotates it and the API stops accepting an expired one. The watch
+//! stream is decoded by `WatchDecoder`, a pure function of the bytes with a bounded buffer
+//! (an overlong event is dropped, counted, and the table relisted).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::base::file::{read_bounded, read_bounded_text, ReadError, CA_LIMIT, SECRET_LIMIT};
 use crate::outbound::ClientOptions;
 
 /// Who a client address is.
@@ -156,11 +163,105 @@ struct ListMeta {
     resource_version: String,
 }
 
-#[derive(Deserialize)]
-struct WatchEvent {
+/// One event of the watch stream.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WatchEvent {
+    /// `ADDED`, `MODIFIED`, `DELETED` (or `BOOKMARK`, `ERROR`: no pod, ignored).
     #[serde(rename = "type")]
-    kind: String,
-    object: Pod,
+    pub kind: String,
+    /// The pod.
+    pub object: Pod,
+}
+
+/// A list of this node's pods, decoded: the table, how many pods it had, and the resource
+/// version the watch starts from.
+pub(crate) fn decode_list(body: &[u8]) -> Result<(Pods, usize, String), serde_json::Error> {
+    let list: PodList = serde_json::from_slice(body)?;
+    let mut table = Pods::default();
+    for pod in &list.items {
+        table.apply("ADDED", pod);
+    }
+    Ok((table, list.items.len(), list.metadata.resource_version))
+}
+
+/// The longest watch event accepted, in bytes: the API stores an object of at most 1.5 MiB
+/// (etcd's default request limit) and its JSON may be larger. A longer line is dropped and
+/// counted, and the watch is ended so a relist resynchronises the table; the buffer holding
+/// an unfinished line never grows past this.
+pub(crate) const MAX_EVENT_BYTES: usize = 4 << 20;
+
+/// The longest pod list read, in bytes (a node runs at most a few hundred pods).
+const MAX_LIST_BYTES: usize = 256 << 20;
+
+/// What the watch stream decodes to.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// A watch event.
+    Event(WatchEvent),
+    /// A line longer than the decoder's limit was dropped: an event is missing.
+    TooLong,
+}
+
+/// Splits the watch stream (one JSON event per line) into events: bytes in, events out, in
+/// whatever chunks the network delivers them. At most `max` bytes of an unfinished line are
+/// held; a longer line is reported once as [`Decoded::TooLong`] and skipped to its end.
+/// A line that is not a watch event is skipped, as the API never sends one.
+pub(crate) struct WatchDecoder {
+    pending: Vec<u8>,
+    max: usize,
+    /// The rest of an overlong line is being skipped.
+    skipping: bool,
+    /// Lines dropped for their length.
+    pub too_long: u64,
+    /// Lines that were not a watch event.
+    pub unreadable: u64,
+}
+
+impl WatchDecoder {
+    /// A decoder holding at most `max` bytes of an unfinished line.
+    pub(crate) fn new(max: usize) -> Self {
+        Self { pending: Vec::new(), max, skipping: false, too_long: 0, unreadable: 0 }
+    }
+
+    /// Takes the next chunk of the stream and hands `out` every line it completes.
+    pub(crate) fn push(&mut self, mut chunk: &[u8], mut out: impl FnMut(Decoded)) {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            let (piece, rest) = (&chunk[..end], &chunk[end + 1..]);
+            chunk = rest;
+            if std::mem::take(&mut self.skipping) {
+                continue; // the end of a line already reported as too long
+            }
+            if self.pending.len() + piece.len() > self.max {
+                self.pending.clear();
+                self.too_long += 1;
+                out(Decoded::TooLong);
+                continue;
+            }
+            let line = if self.pending.is_empty() {
+                piece
+            } else {
+                self.pending.extend_from_slice(piece);
+                &self.pending
+            };
+            match serde_json::from_slice::<WatchEvent>(line) {
+                Ok(event) => out(Decoded::Event(event)),
+                Err(_) => self.unreadable += 1,
+            }
+            self.pending.clear();
+        }
+        if self.skipping {
+            return;
+        }
+        if self.pending.len() + chunk.len() > self.max {
+            self.pending.clear();
+            self.skipping = true;
+            self.too_long += 1;
+            out(Decoded::TooLong);
+        } else {
+            self.pending.extend_from_slice(chunk);
+        }
+        debug_assert!(self.pending.len() <= self.max, "the watch buffer is bounded");
+    }
 }
 
 /// Where and how to reach the API.
@@ -168,8 +269,9 @@ struct WatchEvent {
 pub struct ApiAccess {
     /// Base URL (`https://KUBERNETES_SERVICE_HOST:PORT`, or `ENAWATCH_KUBE_API` for tests).
     pub base: String,
-    /// The service account token, if any.
-    pub token: Option<String>,
+    /// The service account token's file, read again for every list and after a 401: the
+    /// kubelet rotates it, and the API stops accepting the old token once it expires.
+    pub token_file: Option<PathBuf>,
     /// The cluster CA (PEM), if any.
     pub ca: Option<Vec<u8>>,
     /// This node's name.
@@ -183,24 +285,39 @@ impl ApiAccess {
     pub(crate) fn in_cluster() -> Result<Self, String> {
         let node = std::env::var("NODE_NAME")
             .map_err(|_| "NODE_NAME is not set (the DaemonSet sets it)".to_owned())?;
+        let token_file = PathBuf::from(format!("{SA}/token"));
         if let Ok(base) = std::env::var("ENAWATCH_KUBE_API") {
-            return Ok(Self {
-                base,
-                token: std::fs::read_to_string(format!("{SA}/token")).ok(),
-                ca: None,
-                node,
-            });
+            // A stand-in API (tests): the token file may be elsewhere, or absent.
+            let token_file = std::env::var_os("ENAWATCH_KUBE_TOKEN_FILE").map_or(token_file, PathBuf::from);
+            return Ok(Self { base, token_file: Some(token_file), ca: None, node });
         }
         let host = std::env::var("KUBERNETES_SERVICE_HOST")
             .map_err(|_| "not running in a Kubernetes pod".to_owned())?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let token = std::fs::read_to_string(format!("{SA}/token")).map_err(|e| {
+        read_token(&token_file).map_err(|e| {
             format!("no service account token ({e}); automountServiceAccountToken must be true")
         })?;
-        let ca = std::fs::read(format!("{SA}/ca.crt")).ok();
+        let ca = read_bounded(Path::new(&format!("{SA}/ca.crt")), CA_LIMIT).ok();
         let host = if host.contains(':') { format!("[{host}]") } else { host };
-        Ok(Self { base: format!("https://{host}:{port}"), token: Some(token.trim().to_owned()), ca, node })
+        Ok(Self { base: format!("https://{host}:{port}"), token_file: Some(token_file), ca, node })
     }
+
+    /// The token as the file holds it now; `None` without a readable one (the request then
+    /// goes without, and the API's answer says what is wrong).
+    pub(crate) fn token(&self) -> Option<String> {
+        read_token(self.token_file.as_ref()?).ok().filter(|t| !t.is_empty())
+    }
+}
+
+/// Reads a token file, trimmed, refusing a FIFO or one longer than any token.
+fn read_token(path: &Path) -> Result<String, ReadError> {
+    Ok(read_bounded_text(path, SECRET_LIMIT)?.trim().to_owned())
+}
+
+/// How long to wait before asking again after `n` answers of 401 in a row, with an
+/// unchanged token: 1 s, doubling, at most a minute.
+fn unauthorized_backoff(n: u32) -> Duration {
+    Duration::from_secs(1 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// Keeps `pods` current until the API fails for good; logs once when attribution stops.
@@ -214,10 +331,14 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
         Err(err) => return stop(&err.to_string()),
     };
     let selector = format!("spec.nodeName={}", access.node);
-    let auth = |r: reqwest::RequestBuilder| match &access.token {
+    let auth = |r: reqwest::RequestBuilder, token: Option<&str>| match token {
         Some(t) => r.bearer_auth(t),
         None => r,
     };
+    // 401 answers in a row: the token was rejected (expired, or not yet rotated).
+    let mut rejected: u32 = 0;
+    // Watch events dropped for their length since the start.
+    let mut dropped_events: u64 = 0;
     loop {
         let url = |pairs: &[(&str, &str)]| {
             let mut u = reqwest::Url::parse(&format!("{}/api/v1/pods", access.base)).ok()?;
@@ -227,21 +348,37 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
         let Some(list_url) = url(&[("fieldSelector", selector.as_str())]) else {
             return stop(&format!("{:?} is not a URL", access.base));
         };
-        let list = auth(client.get(list_url));
+        // Every relist reads the token file again.
+        let token = access.token();
+        let list = auth(client.get(list_url), token.as_deref());
         let version = match list.send().await {
-            Ok(resp) if resp.status().is_success() => match resp.json::<PodList>().await {
-                Ok(list) => {
-                    let mut table = Pods::default();
-                    for pod in &list.items {
-                        table.apply("ADDED", pod);
-                    }
-                    let n = list.items.len();
-                    *pods.lock().unwrap_or_else(PoisonError::into_inner) = table;
-                    info!(pods = n, node = %access.node, "pod attribution: listed this node's pods");
-                    list.metadata.resource_version
+            Ok(resp) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                rejected += 1;
+                if rejected == 1 {
+                    warn!("the API rejected the service account token (401); re-reading the token file and retrying");
                 }
-                Err(err) => return stop(&format!("unreadable pod list: {err}")),
-            },
+                // A token rotated since this request is tried at once; the same one, later.
+                if access.token() == token {
+                    tokio::time::sleep(unauthorized_backoff(rejected)).await;
+                }
+                continue;
+            }
+            Ok(resp) if resp.status().is_success() => {
+                match read_body(resp, MAX_LIST_BYTES)
+                    .await
+                    .and_then(|body| decode_list(&body).map_err(|e| e.to_string()))
+                {
+                    Ok((table, n, version)) => {
+                        *pods.lock().unwrap_or_else(PoisonError::into_inner) = table;
+                        if std::mem::take(&mut rejected) > 0 {
+                            info!("pod attribution: the API accepts the service account token again");
+                        }
+                        info!(pods = n, node = %access.node, "pod attribution: listed this node's pods");
+                        version
+                    }
+                    Err(err) => return stop(&format!("unreadable pod list: {err}")),
+                }
+            }
             Ok(resp) => {
                 return stop(&format!(
                     "the API answered {} to listing pods (RBAC: list/watch pods)",
@@ -257,23 +394,60 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
             ("allowWatchBookmarks", "false"),
         ]);
         let Some(watch_url) = watch_url else { return };
-        let watch = auth(client.get(watch_url));
-        let Ok(mut resp) = watch.send().await else {
+        let watch = auth(client.get(watch_url), token.as_deref());
+        let Ok(resp) = watch.send().await else {
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
         };
-        let mut pending = Vec::new();
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            // Relist (with the token file read again) after a pause: an API that lists but
+            // refuses to watch is not asked in a tight loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         // The watch streams one JSON event per line until the server ends it; then relist.
-        while let Ok(Some(chunk)) = resp.chunk().await {
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(event) = serde_json::from_slice::<WatchEvent>(&line) {
-                    pods.lock().unwrap_or_else(PoisonError::into_inner).apply(&event.kind, &event.object);
-                }
-            }
+        let decoder = follow(resp, &pods).await;
+        if decoder.too_long > 0 {
+            dropped_events += decoder.too_long;
+            warn!(
+                limit_bytes = MAX_EVENT_BYTES,
+                dropped_events, "pod attribution: a watch event longer than the limit was dropped; relisting"
+            );
+        }
+        if decoder.unreadable > 0 {
+            debug!(lines = decoder.unreadable, "pod attribution: watch lines that were not events skipped");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Applies the events of a watch to `pods` until the server ends it, or until an event is
+/// dropped for its length (the table is then missing it: the caller relists).
+async fn follow(mut resp: reqwest::Response, pods: &Mutex<Pods>) -> WatchDecoder {
+    let mut decoder = WatchDecoder::new(MAX_EVENT_BYTES);
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        decoder.push(&chunk, |decoded| {
+            if let Decoded::Event(event) = decoded {
+                pods.lock().unwrap_or_else(PoisonError::into_inner).apply(&event.kind, &event.object);
+            }
+        });
+        if decoder.too_long > 0 {
+            break;
+        }
+    }
+    decoder
+}
+
+/// The body of `resp`, refused when longer than `max` bytes.
+async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= max => body.extend_from_slice(&chunk),
+            Ok(Some(_)) => return Err(format!("longer than {} MiB", max >> 20)),
+            Ok(None) => return Ok(body),
+            Err(err) => return Err(err.without_url().to_string()),
+        }
     }
 }
 
@@ -315,5 +489,188 @@ mod tests {
         assert_eq!(t.lookup("10.0.1.7").unwrap().pod, "b-1");
         t.apply("DELETED", &new);
         assert!(t.lookup("10.0.1.7").is_none());
+    }
+
+    const WATCH: &str = include_str!("../../tests/data/k8s/pods-watch.jsonl");
+
+    /// The events `chunks` decode to, as text, and the decoder.
+    fn decode(max: usize, chunks: &[&[u8]]) -> (Vec<String>, WatchDecoder) {
+        let mut decoder = WatchDecoder::new(max);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            decoder.push(chunk, |d| {
+                out.push(match d {
+                    Decoded::Event(e) => format!("{} {:?}", e.kind, e.object.reference()),
+                    Decoded::TooLong => "too long".to_owned(),
+                });
+            });
+            assert!(decoder.pending.len() <= max, "the buffer holds at most {max} bytes");
+        }
+        (out, decoder)
+    }
+
+    #[test]
+    fn watch_events_decode_the_same_whatever_the_chunks() {
+        let (whole, _) = decode(MAX_EVENT_BYTES, &[WATCH.as_bytes()]);
+        assert_eq!(whole.len(), WATCH.lines().count(), "{whole:?}");
+        assert!(whole[0].starts_with("ADDED Some(PodRef { namespace: \"shop\""), "{whole:?}");
+        let bytes = WATCH.as_bytes();
+        for at in 0..bytes.len() {
+            let (split, _) = decode(MAX_EVENT_BYTES, &[&bytes[..at], &bytes[at..]]);
+            assert_eq!(split, whole, "split at byte {at}");
+        }
+        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode(MAX_EVENT_BYTES, &bytewise).0, whole);
+    }
+
+    /// Regression (issue 13): the pod watch buffer was unbounded, so an API (or a proxy in
+    /// front of it) streaming a line without end grew the agent's memory without limit.
+    #[test]
+    fn the_watch_buffer_is_bounded_and_an_overlong_event_is_dropped_and_counted() {
+        let first = WATCH.lines().next().unwrap();
+        let max = first.len();
+        let endless = vec![b'x'; 10 * max];
+        // An overlong line in pieces, in one piece, then a normal event: only it is decoded.
+        let long_line = format!("{}\n", "y".repeat(max + 1));
+        let good = format!("{first}\n");
+        let chunks: Vec<&[u8]> = vec![
+            &endless[..max],
+            &endless[max..],
+            b"\n",
+            long_line.as_bytes(),
+            good.as_bytes(),
+            &endless[..max],
+        ];
+        let (out, decoder) = decode(max, &chunks);
+        assert_eq!(out[..2], ["too long", "too long"], "{out:?}");
+        assert!(out[2].starts_with("ADDED Some(PodRef"), "{out:?}");
+        assert_eq!(out.len(), 3, "an unfinished line within the limit waits: {out:?}");
+        assert_eq!((decoder.too_long, decoder.unreadable), (2, 0));
+        // Every unfinished line is held whole up to the limit, and no further.
+        let (out, decoder) = decode(max, &[&endless[..max]]);
+        assert!(out.is_empty() && decoder.pending.len() == max);
+        let (out, decoder) = decode(max, &[&endless[..=max]]);
+        assert_eq!((out.len(), decoder.pending.len(), decoder.too_long), (1, 0, 1));
+    }
+
+    /// A scratch file removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            Self(std::env::temp_dir().join(format!("enawatch-pods-{tag}-{}", std::process::id())))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_token_is_read_from_its_file_each_time() {
+        let file = Scratch::new("token");
+        let access =
+            ApiAccess { base: String::new(), token_file: Some(file.0.clone()), ca: None, node: "n".into() };
+        assert_eq!(access.token(), None, "no file, no token");
+        std::fs::write(&file.0, "old\n").unwrap();
+        assert_eq!(access.token().as_deref(), Some("old"));
+        std::fs::write(&file.0, "new").unwrap();
+        assert_eq!(access.token().as_deref(), Some("new"), "a rotated token is seen");
+        std::fs::write(&file.0, vec![b'a'; 1 << 20]).unwrap();
+        assert_eq!(access.token(), None, "a file longer than any token is not one");
+        let none = ApiAccess { token_file: None, ..access };
+        assert_eq!(none.token(), None);
+    }
+
+    /// A stand-in API that accepts one token at a time: `accepted` says which. The first
+    /// list has pod `a`, later ones pod `b`; a watch sends one event and ends. Records each
+    /// request as "<token> <status> <list|watch>".
+    fn stand_in(accepted: Arc<Mutex<String>>) -> (String, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let requests = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let (mut line, mut token) = (String::new(), String::new());
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(t) = h.strip_prefix("authorization: Bearer ") {
+                        token = t.trim().to_owned();
+                    }
+                }
+                let watch = line.contains("watch=1");
+                let ok = token == *accepted.lock().unwrap();
+                let lists = log.lock().unwrap().iter().filter(|r| r.ends_with("200 list")).count();
+                let (status, body) = match (ok, watch) {
+                    (false, _) => ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.to_owned()),
+                    (true, false) => {
+                        let pod = if lists == 0 { "a" } else { "b" };
+                        let item = format!(
+                            r#"{{"metadata":{{"name":"{pod}","namespace":"n","uid":"{pod}"}},"status":{{"podIP":"10.0.0.{}"}}}}"#,
+                            if lists == 0 { 1 } else { 2 }
+                        );
+                        ("200 OK", format!(r#"{{"metadata":{{"resourceVersion":"7"}},"items":[{item}]}}"#))
+                    }
+                    (true, true) => ("200 OK", format!("{}\n", WATCH.lines().next().unwrap())),
+                };
+                let code = &status[..3];
+                log.lock().unwrap().push(format!("{token} {code} {}", if watch { "watch" } else { "list" }));
+                let out = reader.get_mut();
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (base, requests)
+    }
+
+    /// Regression (issue 13): the token was read once, so attribution died with the first 401
+    /// after the API stopped accepting the expired token, although the kubelet had long
+    /// written a new one to the file.
+    #[tokio::test]
+    async fn a_token_rotated_mid_run_is_read_again_and_attribution_goes_on() {
+        let file = Scratch::new("rotated");
+        std::fs::write(&file.0, "old-token\n").unwrap();
+        let accepted = Arc::new(Mutex::new("old-token".to_owned()));
+        let (base, requests) = stand_in(Arc::clone(&accepted));
+        let access = ApiAccess { base, token_file: Some(file.0.clone()), ca: None, node: "n".into() };
+        let pods = Arc::new(Mutex::new(Pods::default()));
+        let task = tokio::spawn(run(access, Arc::clone(&pods)));
+        let seen = |what: &str| requests.lock().unwrap().iter().any(|r| r == what);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let wait = |done: &dyn Fn() -> bool, what: &str| {
+            if std::time::Instant::now() >= deadline {
+                let log = requests.lock().unwrap();
+                panic!("{what}: {} requests, the last {:?}", log.len(), &log[log.len().saturating_sub(5)..]);
+            }
+            !done()
+        };
+        while wait(&|| seen("old-token 200 watch"), "listed and watched with the first token") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The old token expires: the API rejects it from now on; the kubelet has not yet
+        // written the new one.
+        *accepted.lock().unwrap() = "new-token".to_owned();
+        while wait(&|| seen("old-token 401 list"), "the relist with the expired token is refused") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::write(&file.0, "new-token\n").unwrap();
+        while wait(&|| pods.lock().unwrap().lookup("10.0.0.2").is_some(), "relisted with the new token") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!task.is_finished(), "attribution still runs");
+        assert!(seen("new-token 200 list"), "{:?}", requests.lock().unwrap());
+        task.abort();
     }
 }

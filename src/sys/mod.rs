@@ -28,6 +28,8 @@ const ETHTOOL_GSTATS: u32 = 0x1d;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETH_SS_STATS: u32 = 1;
 const ETH_GSTRING_LEN: usize = 32;
+/// Bytes of `struct ethtool_gstrings` before its names: cmd, string_set, len (three u32).
+const GSTRINGS_HEADER: usize = 12;
 const IFNAMSIZ: usize = 16;
 
 /// How many more entries than expected every variable-length buffer handed to the kernel
@@ -206,21 +208,14 @@ impl Ethtool {
 
     /// `ETHTOOL_GSTRINGS` for `ETH_SS_STATS`: the names of the `expected` statistics.
     pub(crate) fn stat_names(&self, name: IfName, expected: usize) -> io::Result<Read<Vec<String>>> {
-        const HEADER: usize = 12; // cmd, string_set, len: three u32
-        let mut buf = vec![0u8; HEADER + (expected + HEADROOM) * ETH_GSTRING_LEN];
+        let mut buf = vec![0u8; GSTRINGS_HEADER + (expected + HEADROOM) * ETH_GSTRING_LEN];
         buf[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
         buf[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
         buf[8..12].copy_from_slice(&count_u32(expected).to_ne_bytes());
         // SAFETY: `buf` starts with a `struct ethtool_gstrings` header and has room for
         // `expected + HEADROOM` strings after it (see HEADROOM for why not just `expected`).
         unsafe { self.ioctl(name, buf.as_mut_ptr().cast())? };
-        let got = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes")) as usize;
-        if got != expected {
-            return Ok(Read::CountChanged);
-        }
-        let names =
-            buf[HEADER..HEADER + got * ETH_GSTRING_LEN].chunks_exact(ETH_GSTRING_LEN).map(c_string).collect();
-        Ok(Read::Complete(names))
+        Ok(decode_stat_names(&buf, expected))
     }
 
     /// `ETHTOOL_GSTATS`: the current values of the `expected` statistics, in name order.
@@ -231,23 +226,53 @@ impl Ethtool {
         buf: &'b mut StatsBuffer,
     ) -> io::Result<Read<&'b [u64]>> {
         buf.prepare(expected);
-        // Header word: cmd in the first u32, n_stats in the second (native order, as in C).
-        let header = [ETHTOOL_GSTATS, count_u32(expected)];
-        // SAFETY: `[u32; 2]` and `u64` have the same size; this writes the header bytes.
-        buf.words[0] = unsafe { std::mem::transmute::<[u32; 2], u64>(header) };
+        buf.words[0] = stats_header(ETHTOOL_GSTATS, count_u32(expected));
         // SAFETY: `words` begins with a `struct ethtool_stats` header followed by room for
         // `expected + HEADROOM` values (see HEADROOM).
         unsafe { self.ioctl(name, buf.words.as_mut_ptr().cast())? };
-        // SAFETY: as above, reading the header back.
-        let [_, got] = unsafe { std::mem::transmute::<u64, [u32; 2]>(buf.words[0]) };
-        let got = got as usize;
-        // A fixed kernel answers a count mismatch with n_stats == 0; an older one writes the
-        // new count. Both mean the cached names no longer describe the values.
-        if got != expected {
-            return Ok(Read::CountChanged);
-        }
-        Ok(Read::Complete(&buf.words[1..=got]))
+        Ok(decode_stats(&buf.words, expected))
     }
+}
+
+/// The first word of a `struct ethtool_stats`: `cmd` in its first four bytes, `n_stats` in
+/// the next four, in native order (as the C struct lays them out in memory).
+fn stats_header(cmd: u32, n_stats: u32) -> u64 {
+    let (mut bytes, c, n) = ([0u8; 8], cmd.to_ne_bytes(), n_stats.to_ne_bytes());
+    bytes[..4].copy_from_slice(&c);
+    bytes[4..].copy_from_slice(&n);
+    u64::from_ne_bytes(bytes)
+}
+
+/// Decodes what `ETHTOOL_GSTRINGS` left in `buf` (the `struct ethtool_gstrings` header, then
+/// 32-byte NUL-padded names) when `expected` names were asked for. Pure, so it is tested
+/// and fuzzed without the kernel; a buffer too short for the count it claims is treated
+/// like a changed count, never read past.
+pub(crate) fn decode_stat_names(buf: &[u8], expected: usize) -> Read<Vec<String>> {
+    let Some(got) = buf.get(8..12).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
+        return Read::CountChanged;
+    };
+    if got != expected {
+        return Read::CountChanged;
+    }
+    let table = got.checked_mul(ETH_GSTRING_LEN).and_then(|len| buf.get(GSTRINGS_HEADER..)?.get(..len));
+    match table {
+        Some(table) => Read::Complete(table.chunks_exact(ETH_GSTRING_LEN).map(c_string).collect()),
+        None => Read::CountChanged,
+    }
+}
+
+/// Decodes what `ETHTOOL_GSTATS` left in `words` (the header word, then the values) when
+/// `expected` values were asked for. Pure, like [`decode_stat_names`].
+pub(crate) fn decode_stats(words: &[u64], expected: usize) -> Read<&[u64]> {
+    let Some(&header) = words.first() else { return Read::CountChanged };
+    let h = header.to_ne_bytes();
+    let got = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    // A fixed kernel answers a count mismatch with n_stats == 0; an older one writes the
+    // new count. Both mean the cached names no longer describe the values.
+    if got != expected {
+        return Read::CountChanged;
+    }
+    words.get(1..=got).map_or(Read::CountChanged, Read::Complete)
 }
 
 fn count_u32(n: usize) -> u32 {
@@ -277,6 +302,37 @@ mod tests {
     fn c_string_stops_at_nul() {
         assert_eq!(c_string(b"ena\0\0\0"), "ena");
         assert_eq!(c_string(b"full"), "full");
+    }
+
+    #[test]
+    fn stats_header_is_the_c_struct_in_memory() {
+        let header = stats_header(ETHTOOL_GSTATS, 7);
+        let bytes = header.to_ne_bytes();
+        assert_eq!(bytes[..4], ETHTOOL_GSTATS.to_ne_bytes());
+        assert_eq!(bytes[4..], 7u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn decoding_the_kernels_buffers_never_reads_past_them() {
+        let mut words = vec![stats_header(ETHTOOL_GSTATS, 2), 10, 20, 0];
+        assert_eq!(decode_stats(&words, 2), Read::Complete(&[10, 20][..]));
+        assert_eq!(decode_stats(&words, 3), Read::CountChanged, "the kernel wrote another count");
+        words[0] = stats_header(ETHTOOL_GSTATS, 0);
+        assert_eq!(decode_stats(&words, 2), Read::CountChanged, "a fixed kernel's answer to a mismatch");
+        words[0] = stats_header(ETHTOOL_GSTATS, 9);
+        assert_eq!(decode_stats(&words, 9), Read::CountChanged, "a count the buffer cannot hold");
+        assert_eq!(decode_stats(&[], 0), Read::CountChanged);
+
+        let mut buf = vec![0u8; 12 + 2 * ETH_GSTRING_LEN];
+        buf[8..12].copy_from_slice(&2u32.to_ne_bytes());
+        buf[12..15].copy_from_slice(b"tx0");
+        buf[12 + ETH_GSTRING_LEN..][..ETH_GSTRING_LEN].fill(b'a'); // no NUL: all 32 bytes
+        let names = decode_stat_names(&buf, 2);
+        assert_eq!(names, Read::Complete(vec!["tx0".to_owned(), "a".repeat(ETH_GSTRING_LEN)]));
+        assert_eq!(decode_stat_names(&buf, 1), Read::CountChanged);
+        buf[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(decode_stat_names(&buf, 3), Read::CountChanged, "a count the buffer cannot hold");
+        assert_eq!(decode_stat_names(&buf[..11], 0), Read::CountChanged);
     }
 
     #[test]

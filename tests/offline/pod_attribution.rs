@@ -1,13 +1,14 @@
 //! Pod attribution against a local server speaking the Kubernetes API (recorded pods list and
 //! watch events in the real API's JSON, tests/data/k8s/): the node's pods by address, a pod
-//! replaced under the same address, and an API that forbids the request.
+//! replaced under the same address, an API that forbids the request, and a service-account
+//! token rotated mid-run.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::Agent;
+use crate::support::{wait_until, Agent, TempDir};
 
 const LIST: &str = include_str!("../data/k8s/pods-list.json");
 const WATCH: &str = include_str!("../data/k8s/pods-watch.jsonl");
@@ -137,4 +138,82 @@ fn a_forbidden_api_turns_attribution_off_with_one_line_and_nothing_else_changes(
     let metrics = agent.get("/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     assert!(metrics.text().contains("ena_interface_info{device=\"ens5\""));
+}
+
+/// Serves the API to one bearer token at a time (`accepted`), answering 401 to any other: the
+/// list, and a watch that sends one event and ends (so the agent relists). Records each
+/// request as "<token> <status> <list|watch>".
+fn api_with_token(accepted: Arc<Mutex<String>>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let (mut line, mut token) = (String::new(), String::new());
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = h.split_once(':') {
+                    if name.eq_ignore_ascii_case("authorization") {
+                        value.trim().trim_start_matches("Bearer ").clone_into(&mut token);
+                    }
+                }
+            }
+            let watch = line.contains("watch=1");
+            let (status, body) = if token != *accepted.lock().unwrap() {
+                let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Unauthorized","code":401}"#;
+                ("401 Unauthorized", body.to_owned())
+            } else if watch {
+                ("200 OK", format!("{}\n", WATCH.lines().next().unwrap()))
+            } else {
+                ("200 OK", LIST.to_owned())
+            };
+            let kind = if watch { "watch" } else { "list" };
+            log.lock().unwrap().push(format!("{token} {} {kind}", &status[..3]));
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, requests)
+}
+
+/// Regression (issue 13): the service-account token was read once at start-up, so pod
+/// attribution died with the first 401 once the API stopped accepting the expired token,
+/// although the kubelet had written a new one to the file long before.
+#[test]
+fn a_token_rotated_mid_run_is_read_again_and_attribution_goes_on() {
+    let dir = TempDir::new("token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "old-token\n").unwrap();
+    let accepted = Arc::new(Mutex::new("old-token".to_owned()));
+    let (port, requests) = api_with_token(Arc::clone(&accepted));
+    let agent = Agent::launch(&["serve", "--simulate", "steady", "--pod-attribution"])
+        .env("NODE_NAME", NODE)
+        .env("ENAWATCH_KUBE_API", format!("http://127.0.0.1:{port}"))
+        .env("ENAWATCH_KUBE_TOKEN_FILE", &token_file)
+        .spawn();
+    let seen = |what: &str| requests.lock().unwrap().iter().any(|r| r == what).then_some(());
+    let context = || format!("; requests: {:?}\nlog:\n{}", requests.lock().unwrap(), agent.log());
+    let timeout = Duration::from_secs(20);
+    wait_until("a list and a watch with the first token", timeout, || seen("old-token 200 watch"), context);
+    // The old token expires: the API refuses it from now on, before the kubelet has
+    // written the new one.
+    *accepted.lock().unwrap() = "new-token".to_owned();
+    wait_until("the relist with the expired token refused", timeout, || seen("old-token 401 list"), context);
+    std::fs::write(&token_file, "new-token\n").unwrap();
+    wait_until("a relist with the rotated token", timeout, || seen("new-token 200 list"), context);
+    wait_until("a watch with the rotated token", timeout, || seen("new-token 200 watch"), context);
+    let v = pods(&agent);
+    assert_eq!(pod_at(&v, "10.0.1.9").as_deref(), Some("coredns-5d78c9869d-7qz4m"), "{v}");
+    let log = agent.log();
+    assert!(!log.contains("pod attribution is off"), "{log}");
+    assert_eq!(log.matches("rejected the service account token (401)").count(), 1, "one line: {log}");
 }
