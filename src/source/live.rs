@@ -262,12 +262,12 @@ impl LiveSource {
     }
 
     /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
-    fn load_schema(ethtool: &Ethtool, w: &mut Watched) -> io::Result<bool> {
+    fn load_schema(ethtool: &Ethtool, buf: &mut StatsBuffer, w: &mut Watched) -> io::Result<bool> {
         let Some(count) = ethtool.stats_count(w.ifname)? else {
             w.no_stats = true;
             return Ok(false);
         };
-        match ethtool.stat_names(w.ifname, count)? {
+        match ethtool.stat_names(w.ifname, count, buf)? {
             Read::Complete(names) => {
                 w.schema = Some(Arc::new(Schema::new(names)));
                 Ok(true)
@@ -343,7 +343,7 @@ impl LiveSource {
                 }
                 return Ok(reading(Arc::clone(empty), &[]));
             }
-            if w.schema.is_none() && !Self::load_schema(ethtool, w)? {
+            if w.schema.is_none() && !Self::load_schema(ethtool, buf, w)? {
                 return Ok(if w.no_stats { reading(Arc::clone(empty), &[]) } else { Outcome::Nothing });
             }
             let schema = w.schema.clone().expect("loaded above");
@@ -353,7 +353,7 @@ impl LiveSource {
                     // Drop this sample and re-read the names now, so the next tick reads
                     // the new set.
                     w.schema = None;
-                    Self::load_schema(ethtool, w)?;
+                    Self::load_schema(ethtool, buf, w)?;
                     Ok(Outcome::Event(Event::SchemaChanged { device: w.device.name.clone() }))
                 }
             }

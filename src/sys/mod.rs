@@ -82,16 +82,20 @@ pub enum Read<T> {
     CountChanged,
 }
 
-/// A reusable buffer for `ETHTOOL_GSTATS`, so a sampling tick allocates nothing for the read.
+/// Reusable buffers for `ETHTOOL_GSTATS` and `ETHTOOL_GSTRINGS`, so reading a device
+/// allocates nothing: the names buffer is half a megabyte (HEADROOM), and allocating it for
+/// every new device left glibc keeping that much resident after device churn.
 pub(crate) struct StatsBuffer {
     // Word 0 is the `struct ethtool_stats` header (cmd: u32, n_stats: u32); the values follow.
     words: Vec<u64>,
+    // A `struct ethtool_gstrings` header, then 32-byte names.
+    names: Vec<u8>,
 }
 
 impl StatsBuffer {
-    /// An empty buffer; it grows on first use.
+    /// Empty buffers; they grow on first use.
     pub fn new() -> Self {
-        Self { words: Vec::new() }
+        Self { words: Vec::new(), names: Vec::new() }
     }
 
     fn prepare(&mut self, expected: usize) {
@@ -100,11 +104,14 @@ impl StatsBuffer {
             self.words = vec![0; needed];
         }
     }
-}
 
-impl Default for StatsBuffer {
-    fn default() -> Self {
-        Self::new()
+    fn prepare_names(&mut self, expected: usize) {
+        // Not cleared between reads: the kernel copies every name it reports whole (32
+        // bytes from its zeroed table), and only those are decoded.
+        let needed = GSTRINGS_HEADER + (expected + HEADROOM) * ETH_GSTRING_LEN;
+        if self.names.len() < needed {
+            self.names = vec![0; needed];
+        }
     }
 }
 
@@ -207,15 +214,21 @@ impl Ethtool {
     }
 
     /// `ETHTOOL_GSTRINGS` for `ETH_SS_STATS`: the names of the `expected` statistics.
-    pub(crate) fn stat_names(&self, name: IfName, expected: usize) -> io::Result<Read<Vec<String>>> {
-        let mut buf = vec![0u8; GSTRINGS_HEADER + (expected + HEADROOM) * ETH_GSTRING_LEN];
-        buf[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
-        buf[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
-        buf[8..12].copy_from_slice(&count_u32(expected).to_ne_bytes());
-        // SAFETY: `buf` starts with a `struct ethtool_gstrings` header and has room for
+    pub(crate) fn stat_names(
+        &self,
+        name: IfName,
+        expected: usize,
+        buf: &mut StatsBuffer,
+    ) -> io::Result<Read<Vec<String>>> {
+        buf.prepare_names(expected);
+        let header = &mut buf.names[..GSTRINGS_HEADER];
+        header[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
+        header[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
+        header[8..12].copy_from_slice(&count_u32(expected).to_ne_bytes());
+        // SAFETY: `names` starts with a `struct ethtool_gstrings` header and has room for
         // `expected + HEADROOM` strings after it (see HEADROOM for why not just `expected`).
-        unsafe { self.ioctl(name, buf.as_mut_ptr().cast())? };
-        Ok(decode_stat_names(&buf, expected))
+        unsafe { self.ioctl(name, buf.names.as_mut_ptr().cast())? };
+        Ok(decode_stat_names(&buf.names, expected))
     }
 
     /// `ETHTOOL_GSTATS`: the current values of the `expected` statistics, in name order.
