@@ -80,6 +80,8 @@ impl Memory {
             Shape::Veth => (&VETH_STATS, "veth"),
             Shape::Ena => (&ENA_STATS, "ena"),
         };
+        // One layout for all, as the live source shares it between devices with the same names.
+        let schema = Arc::new(Schema::new(stats.iter().map(|s| (*s).to_owned()).collect()));
         let devices = (0..n)
             .map(|i| {
                 let device = Arc::new(Device {
@@ -90,9 +92,8 @@ impl Memory {
                     bus_info: String::new(),
                     eni: None,
                 });
-                let schema = Arc::new(Schema::new(stats.iter().map(|s| (*s).to_owned()).collect()));
                 let values = (0..stats.len() as u64).map(|k| k * 1000).collect();
-                (device, schema, values)
+                (device, Arc::clone(&schema), values)
             })
             .collect();
         let growing = stats.iter().map(|s| !ALLOWANCE_STATS.contains(s)).collect();

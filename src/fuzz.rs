@@ -271,7 +271,7 @@ pub fn sampler(data: &[u8]) {
             continue;
         }
         for format in [Format::OpenMetrics, Format::Text] {
-            check_exposition(&crate::metrics::render(&snapshot, &options, format), format);
+            check_exposition(&crate::metrics::render(&snapshot, &options, format).into_text(), format);
         }
     }
 }
@@ -1057,7 +1057,7 @@ mod tests {
         let snapshot = state.store.latest();
         assert!(!snapshot.devices.is_empty());
         for format in [Format::Text, Format::OpenMetrics] {
-            check_exposition(&crate::metrics::render(&snapshot, &state.metrics, format), format);
+            check_exposition(&crate::metrics::render(&snapshot, &state.metrics, format).into_text(), format);
         }
     }
 

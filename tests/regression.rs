@@ -18,7 +18,7 @@ use enawatch::remote_write::spool::{Recovered, Spool};
 use enawatch::remote_write::{resolve_all, EndpointConfig, Pusher};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
-use support::{TempDir, BIN};
+use support::{bin, TempDir};
 
 /// Per request: when it arrived (Unix ms), and the date its 429 asked to wait for, if any.
 type Arrivals = Arc<Mutex<Vec<(i64, Option<i64>)>>>;
@@ -92,7 +92,7 @@ fn notifier_honours_an_http_date_retry_after() {
     let free = TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = free.local_addr().unwrap().to_string();
     drop(free);
-    let mut agent = Command::new(BIN)
+    let mut agent = Command::new(bin())
         .args(["serve", "--simulate", scenario.to_str().unwrap(), "--listen", &listen, "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -165,7 +165,7 @@ fn scrape_after_glitch_on_a_changed_stat_set_does_not_panic() {
     let capture = regression_data("capture-glitch-schema-change-compat-oob.txt");
     let listen = free_listen_address();
     let _agent = Agent(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["serve", "--replay"])
             .arg(&capture)
             .args(["--speed", "1000", "--compat", "showmax,node-exporter", "--listen", &listen])
@@ -256,7 +256,7 @@ fn a_damaged_byte_in_a_spool_segments_first_record_loses_no_step() {
     )
     .unwrap();
     let _agent = Agent(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["serve", "--simulate", "steady", "--listen", &free_listen_address(), "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -420,7 +420,7 @@ fn a_vpc_resolvers_list_over_the_limit_is_refused_at_check_config() {
     let max = enawatch::source::linklocal::MAX_VPC_RESOLVERS;
     let check = |n: usize| {
         let list: Vec<String> = resolvers(n).iter().map(ToString::to_string).collect();
-        Command::new(BIN)
+        Command::new(bin())
             .args(["serve", "--check-config", "--linklocal-meter", "--vpc-resolvers", &list.join(",")])
             .output()
             .unwrap()
@@ -466,7 +466,7 @@ fn captures_of_driver_strings_with_any_whitespace_read_back() {
         // `analyze` reads it too.
         let file = dir.join("capture.txt");
         std::fs::write(&file, &text).unwrap();
-        let out = Command::new(BIN).arg("analyze").arg(&file).output().unwrap();
+        let out = Command::new(bin()).arg("analyze").arg(&file).output().unwrap();
         assert!(out.status.success(), "{driver:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -588,7 +588,7 @@ fn check_config_output_ends_with_a_newline() {
     )
     .unwrap();
     let check = |config: Option<&std::path::Path>| {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command.args(["serve", "--check-config"]);
         if let Some(config) = config {
             command.arg("--config").arg(config);
@@ -682,6 +682,7 @@ fn series_of_a_vanished_device_leave_every_family_at_the_next_tick() {
     let mut gone_a_tick_ago: Vec<String> = Vec::new();
     while let Some(snapshot) = sampler.tick(0) {
         let body = enawatch::metrics::render(&snapshot, &options, enawatch::metrics::encode::Format::Text);
+        let body = body.into_text();
         for name in &gone_a_tick_ago {
             let label = format!("device=\"{name}\"");
             let left: Vec<&str> = body.lines().filter(|l| l.contains(&label)).collect();
@@ -766,7 +767,7 @@ fn device_churn_logs_a_bounded_number_of_lines_and_a_summary() {
 /// Runs `enawatch serve --config CONFIG` and waits at most a second for it to exit; `None`
 /// when it was still running then (it is killed).
 fn start_with_config(config: &std::path::Path) -> Option<(Option<i32>, String)> {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["serve", "--listen", &free_listen_address(), "--config"])
         .arg(config)
         .stdin(Stdio::null())

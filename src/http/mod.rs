@@ -4,17 +4,21 @@
 //! read. The server is hardened for a port exposed on every node: bounded request-header size
 //! and read time, a cap on concurrent connections, and nothing it does can hold the sampler.
 
+use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::TcpListener as StdListener;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -54,16 +58,50 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
     let format = Format::negotiate(header_str(header::ACCEPT));
     let body = metrics::render(&state.store.latest(), &state.metrics, format);
     let content_type = [(header::CONTENT_TYPE, format.content_type())];
+    let len = body.len();
+    let chunks = body.into_chunks();
     if accepts_gzip(header_str(header::ACCEPT_ENCODING)) {
-        let mut gz =
-            flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-        if gz.write_all(body.as_bytes()).is_ok() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
+        if chunks.iter().all(|c| gz.write_all(c.as_ref()).is_ok()) {
             if let Ok(compressed) = gz.finish() {
                 return (content_type, [(header::CONTENT_ENCODING, "gzip")], compressed).into_response();
             }
         }
     }
-    (content_type, body).into_response()
+    let left = u64::try_from(len).unwrap_or(u64::MAX);
+    (content_type, Body::new(Chunks { chunks: chunks.into_iter(), left })).into_response()
+}
+
+/// A response body sent as the chunks it was rendered in (`metrics::encode::Exposition`
+/// says why), with its length known up front (`Content-Length`).
+struct Chunks {
+    chunks: std::vec::IntoIter<metrics::encode::Chunk>,
+    left: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.chunks.next().map(|chunk| {
+            this.left = this.left.saturating_sub(chunk.as_ref().len() as u64);
+            // The chunk goes back to its pool when hyper has written it and drops it.
+            Ok(Frame::data(Bytes::from_owner(chunk)))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.len() == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
 }
 
 /// Whether an `Accept-Encoding` header allows gzip (present and not `q=0`).
@@ -202,6 +240,30 @@ mod tests {
         assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
         let mut plain = String::new();
         flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut plain).unwrap();
+        assert_eq!(plain, text);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_chunks_arrives_whole_with_its_length() {
+        let state = state();
+        let read_errors = (0..3000)
+            .map(|i| crate::history::ErrorCount {
+                device: format!("veth{i:05}"),
+                reason: crate::source::ReadError::Io,
+                count: i,
+            })
+            .collect();
+        state.store.publish(Arc::new(Snapshot { seq: 1, read_errors, ..Snapshot::empty() }));
+        let (status, headers, body) = get(&state, "/metrics", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.len() > 4 * metrics::encode::CHUNK, "{} bytes: several chunks", body.len());
+        assert_eq!(headers[header::CONTENT_LENGTH], body.len().to_string().as_str());
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text.lines().filter(|l| l.starts_with("enawatch_read_errors_total{")).count(), 3000);
+        assert!(text.contains("{device=\"veth02999\",reason=\"io\"} 2999\n"));
+        let (_, _, gzipped) = get(&state, "/metrics", &[("accept-encoding", "gzip")]).await;
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut plain).unwrap();
         assert_eq!(plain, text);
     }
 

@@ -7,17 +7,19 @@ pub mod compat;
 pub mod encode;
 pub mod telemetry;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::fmt::Write as _;
 
-use self::encode::{Encoder, Format, Kind, Value};
+use self::encode::{Encoder, Exposition, Format, Kind, Value};
 use self::telemetry::{NotifyStats, RemoteWriteStats};
 use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
 use crate::history::{DeviceState, Snapshot, State, LINKLOCAL_BUCKETS};
 use crate::source::linklocal::Service;
+use crate::source::Schema;
 
 /// An opt-in compatibility family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -183,18 +185,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("ENAWATCH_REVISION");
 
 /// Renders one snapshot.
-pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> String {
-    // The body is about as long as the last one: allocated once at that size, it is never
-    // grown (each growth copies it and, past glibc's mmap threshold, leaves a freed
-    // megabyte-sized block in the heap). The first render of a process estimates.
-    static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
-    let last = LAST_LEN.load(Ordering::Relaxed);
-    let estimate = if last == 0 { 4096 + snapshot.devices.len() * 2048 } else { last + last / 16 };
-    let mut out = String::with_capacity(estimate);
+pub fn render(snapshot: &Snapshot, options: &Options, format: Format) -> Exposition {
+    let mut out = Exposition::default();
     let mut e = Encoder::new(&mut out, format);
     visit(snapshot, options, &mut e);
     e.finish();
-    LAST_LEN.store(out.len(), Ordering::Relaxed);
     out
 }
 
@@ -416,25 +411,59 @@ fn compat_stats(d: &DeviceState) -> impl Iterator<Item = (usize, &str, u64)> {
     d.compat.iter().filter_map(|&i| Some((i, d.schema.names.get(i)?.as_str(), *d.values.get(i)?)))
 }
 
+/// What node_exporter's families need of one stat layout: for each family (by number), the
+/// position of its value, the first among the exported stats that takes the family's name.
+struct Layout<'a> {
+    schema: &'a Arc<Schema>,
+    compat: &'a Arc<[usize]>,
+    position: Vec<Option<usize>>,
+}
+
 fn node_exporter(e: &mut impl Sink, snapshot: &Snapshot) {
     // One family per metric name, across devices; a device whose stats sanitise to the same
     // name twice exports the first (node_exporter would fail the whole scrape instead).
-    let mut families: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();
+    // Devices share a few layouts (the live source and the sampler share `Schema` and
+    // compat positions between devices with the same stat names): names are looked up once
+    // per layout, and each family is then written device by device, by number.
+    let mut names: Vec<&str> = Vec::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let mut layouts: Vec<Layout<'_>> = Vec::new();
+    let mut layout_of = Vec::with_capacity(snapshot.devices.len());
     for d in &snapshot.devices {
-        let names = d.schema.node_exporter_names(compat::node_exporter_name);
-        for (i, stat, value) in compat_stats(d) {
-            let Some(name) = names.get(i) else { continue };
-            let samples = families.entry(name).or_default();
-            if samples.last().is_none_or(|(device, _, _)| *device != d.device.name) {
-                samples.push((&d.device.name, stat, value));
+        let known =
+            layouts.iter().position(|l| Arc::ptr_eq(l.schema, &d.schema) && Arc::ptr_eq(l.compat, &d.compat));
+        let layout = known.unwrap_or_else(|| {
+            let metric_names = d.schema.node_exporter_names(compat::node_exporter_name);
+            let mut position = Vec::new();
+            for &i in d.compat.iter() {
+                let Some(name) = metric_names.get(i) else { continue };
+                let family = *by_name.entry(name.as_str()).or_insert_with(|| {
+                    names.push(name);
+                    names.len() - 1
+                });
+                if position.len() <= family {
+                    position.resize(family + 1, None);
+                }
+                position[family].get_or_insert(i);
             }
-        }
+            layouts.push(Layout { schema: &d.schema, compat: &d.compat, position });
+            layouts.len() - 1
+        });
+        layout_of.push(layout);
     }
-    for (name, samples) in families {
-        let help = format!("Network interface {}", samples[0].1);
-        e.family(name, Kind::Untyped, &help);
-        for (device, _, value) in samples {
-            e.sample(name, &[("device", device)], Value::Int(value));
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_unstable_by_key(|&family| names[family]);
+    for family in order {
+        let mut declared = false;
+        for (d, &layout) in snapshot.devices.iter().zip(&layout_of) {
+            let Some(&Some(i)) = layouts[layout].position.get(family) else { continue };
+            // Positions past the values (a broken invariant) are skipped, as in compat_stats.
+            let (Some(stat), Some(&value)) = (d.schema.names.get(i), d.values.get(i)) else { continue };
+            if !declared {
+                e.family(names[family], Kind::Untyped, &format!("Network interface {stat}"));
+                declared = true;
+            }
+            e.sample(names[family], &[("device", &d.device.name)], Value::Int(value));
         }
     }
 }
@@ -477,7 +506,7 @@ mod tests {
             notify: None,
             remote_write: None,
         };
-        let text = render(&snapshot, &options, Format::Text);
+        let text = render(&snapshot, &options, Format::Text).into_text();
         let compat: Vec<&str> =
             text.lines().filter(|l| l.starts_with("node_") && !l.starts_with('#')).collect();
         assert_eq!(

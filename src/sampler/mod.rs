@@ -124,6 +124,8 @@ pub struct Sampler {
     settings: Settings,
     store: Arc<Store>,
     devices: BTreeMap<String, DeviceState>,
+    /// Compat positions per stat layout (`compat_of`).
+    compat: Vec<(Arc<Schema>, Arc<[usize]>)>,
     errors: BTreeMap<(String, ReadError), (u64, i64)>,
     /// Devices that vanished at the last tick: their error counters go at this one.
     vanished: Vec<String>,
@@ -145,6 +147,7 @@ impl Sampler {
             settings,
             store,
             devices: BTreeMap::new(),
+            compat: Vec::new(),
             errors: BTreeMap::new(),
             vanished: Vec::new(),
             failing: BTreeSet::new(),
@@ -340,7 +343,7 @@ impl Sampler {
                 device: Arc::clone(&device),
                 schema: Arc::clone(&schema),
                 values: Arc::clone(&values),
-                compat: compat_positions(&schema, self.settings.compat_stats.as_ref()),
+                compat: compat_of(&mut self.compat, &schema, self.settings.compat_stats.as_ref()),
                 counters: DeviceCounters::default(),
                 resets: 0,
                 glitches: 0,
@@ -359,7 +362,7 @@ impl Sampler {
             state.glitches += 1;
         } else {
             if !Arc::ptr_eq(&state.schema, &schema) {
-                state.compat = compat_positions(&schema, self.settings.compat_stats.as_ref());
+                state.compat = compat_of(&mut self.compat, &schema, self.settings.compat_stats.as_ref());
                 state.schema = schema;
             }
             state.values = values;
@@ -441,6 +444,22 @@ fn describe(device: &crate::source::Device) -> String {
     } else {
         format!("{} ({})", device.name, device.driver)
     }
+}
+
+/// The compat positions of `schema`, shared by every device with that schema (the
+/// renderers group devices by the pair); layouts no device holds any more are forgotten.
+fn compat_of(
+    known: &mut Vec<(Arc<Schema>, Arc<[usize]>)>,
+    schema: &Arc<Schema>,
+    select: Option<&Regex>,
+) -> Arc<[usize]> {
+    known.retain(|(s, _)| Arc::strong_count(s) > 1);
+    if let Some((_, compat)) = known.iter().find(|(s, _)| Arc::ptr_eq(s, schema)) {
+        return Arc::clone(compat);
+    }
+    let compat = compat_positions(schema, select);
+    known.push((Arc::clone(schema), Arc::clone(&compat)));
+    compat
 }
 
 /// The positions of the stats the compatibility families export.

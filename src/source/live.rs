@@ -72,8 +72,7 @@ pub(crate) struct LiveSource {
     drivers: HashMap<u32, Option<sys::DriverInfo>>,
     watched: Vec<Watched>,
     buf: StatsBuffer,
-    /// The schema of devices without statistics, shared.
-    empty: Arc<Schema>,
+    layouts: Layouts,
     /// Interval below which reading an ENA device deserves a warning (each read is an
     /// admin-queue command to the device); warned once.
     fast_interval: Option<Duration>,
@@ -84,6 +83,28 @@ pub(crate) struct LiveSource {
     dns: Option<(PacketSocket, Arc<Mutex<DnsStats>>)>,
     /// What discovery found out for the next sample to say (a watched device gone).
     pending: Vec<Event>,
+}
+
+/// The stat layouts of the watched devices, shared: devices of one driver and queue count
+/// report the same names, so they hold one `Schema` (one copy of the names, sanitised once
+/// for node_exporter, and the renderers group devices by it).
+struct Layouts {
+    /// The layout of devices without statistics.
+    empty: Arc<Schema>,
+    known: Vec<Arc<Schema>>,
+}
+
+impl Layouts {
+    fn intern(&mut self, names: Vec<String>) -> Arc<Schema> {
+        // A layout nothing else holds (no device, no snapshot) is forgotten.
+        self.known.retain(|s| Arc::strong_count(s) > 1);
+        if let Some(known) = self.known.iter().find(|s| *s.names == *names) {
+            return Arc::clone(known);
+        }
+        let schema = Arc::new(Schema::new(names));
+        self.known.push(Arc::clone(&schema));
+        schema
+    }
 }
 
 struct Watched {
@@ -108,7 +129,7 @@ impl LiveSource {
             drivers: HashMap::new(),
             watched: Vec::new(),
             buf: StatsBuffer::new(),
-            empty: Arc::new(Schema::new(Vec::new())),
+            layouts: Layouts { empty: Arc::new(Schema::new(Vec::new())), known: Vec::new() },
             fast_interval: (interval < Duration::from_secs(1)).then_some(interval),
             first_discovery: true,
             meter_program: selection.linklocal.as_ref().map(Targets::program),
@@ -262,14 +283,19 @@ impl LiveSource {
     }
 
     /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
-    fn load_schema(ethtool: &Ethtool, buf: &mut StatsBuffer, w: &mut Watched) -> io::Result<bool> {
+    fn load_schema(
+        ethtool: &Ethtool,
+        buf: &mut StatsBuffer,
+        layouts: &mut Layouts,
+        w: &mut Watched,
+    ) -> io::Result<bool> {
         let Some(count) = ethtool.stats_count(w.ifname)? else {
             w.no_stats = true;
             return Ok(false);
         };
         match ethtool.stat_names(w.ifname, count, buf)? {
             Read::Complete(names) => {
-                w.schema = Some(Arc::new(Schema::new(names)));
+                w.schema = Some(layouts.intern(names));
                 Ok(true)
             }
             // Changed again between the count and the names: try next tick.
@@ -314,7 +340,7 @@ impl LiveSource {
     fn read_one(
         ethtool: &Ethtool,
         buf: &mut StatsBuffer,
-        empty: &Arc<Schema>,
+        layouts: &mut Layouts,
         targets: &Targets,
         w: &mut Watched,
     ) -> Outcome {
@@ -341,10 +367,14 @@ impl LiveSource {
                         return Err(err);
                     }
                 }
-                return Ok(reading(Arc::clone(empty), &[]));
+                return Ok(reading(Arc::clone(&layouts.empty), &[]));
             }
-            if w.schema.is_none() && !Self::load_schema(ethtool, buf, w)? {
-                return Ok(if w.no_stats { reading(Arc::clone(empty), &[]) } else { Outcome::Nothing });
+            if w.schema.is_none() && !Self::load_schema(ethtool, buf, layouts, w)? {
+                return Ok(if w.no_stats {
+                    reading(Arc::clone(&layouts.empty), &[])
+                } else {
+                    Outcome::Nothing
+                });
             }
             let schema = w.schema.clone().expect("loaded above");
             match ethtool.stats(w.ifname, schema.names.len(), buf)? {
@@ -353,7 +383,7 @@ impl LiveSource {
                     // Drop this sample and re-read the names now, so the next tick reads
                     // the new set.
                     w.schema = None;
-                    Self::load_schema(ethtool, buf, w)?;
+                    Self::load_schema(ethtool, buf, layouts, w)?;
                     Ok(Outcome::Event(Event::SchemaChanged { device: w.device.name.clone() }))
                 }
             }
@@ -390,11 +420,11 @@ impl Source for LiveSource {
             self.next_discovery = Instant::now() + self.rediscover_every;
         }
         sample.events.append(&mut self.pending);
-        let (ethtool, buf, empty) = (&self.ethtool, &mut self.buf, &self.empty);
+        let (ethtool, buf, layouts) = (&self.ethtool, &mut self.buf, &mut self.layouts);
         let no_targets = Targets::new(&[]);
         let targets = self.selection.linklocal.as_ref().unwrap_or(&no_targets);
         self.watched.retain_mut(|w| {
-            match Self::read_one(ethtool, buf, empty, targets, w) {
+            match Self::read_one(ethtool, buf, layouts, targets, w) {
                 Outcome::Read(r) => sample.readings.push(r),
                 Outcome::Nothing => {}
                 Outcome::Event(e) => sample.events.push(e),

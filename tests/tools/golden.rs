@@ -139,6 +139,11 @@ fn options() -> Options {
     }
 }
 
+/// The exposition of `snapshot` with both compatibility families, as text.
+fn text(snapshot: &enawatch::history::Snapshot, format: Format) -> String {
+    render(snapshot, &options(), format).into_text()
+}
+
 /// The revision label changes with every commit; the golden file holds a placeholder.
 fn normalise(s: &str) -> String {
     s.replace(&format!("revision=\"{}\"", enawatch::metrics::REVISION), "revision=\"REVISION\"")
@@ -147,7 +152,7 @@ fn normalise(s: &str) -> String {
 #[test]
 fn text_format_matches_golden_and_passes_promtool() {
     let snapshot = scripted_run();
-    let text = normalise(&render(&snapshot, &options(), Format::Text));
+    let text = normalise(&text(&snapshot, Format::Text));
     check_golden("metrics.txt", &text);
 
     let mut promtool = Command::new("promtool")
@@ -170,12 +175,12 @@ fn text_format_matches_golden_and_passes_promtool() {
 #[test]
 fn openmetrics_matches_golden() {
     let snapshot = scripted_run();
-    check_golden("metrics.om.txt", &normalise(&render(&snapshot, &options(), Format::OpenMetrics)));
+    check_golden("metrics.om.txt", &normalise(&text(&snapshot, Format::OpenMetrics)));
 }
 
 #[test]
 fn counter_semantics_show_in_the_exposition() {
-    let text = render(&scripted_run(), &options(), Format::Text);
+    let text = text(&scripted_run(), Format::Text);
     let has = |line: &str| text.lines().any(|l| l == line);
     // ens5: started at 1893, +57, glitch ignored, +40.
     assert!(
