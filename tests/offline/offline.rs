@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{check_golden, enawatch, parse_metrics, Agent, TempDir, BIN};
+use crate::support::{bin, check_golden, enawatch, parse_metrics, Agent, TempDir};
 
 fn write(dir: &TempDir, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -47,7 +47,7 @@ fn analyze_reports_episodes_resets_and_the_fix() {
 fn analyze_output_is_stable() {
     // Run from the crate root so the file name in the report is the same everywhere.
     for (format, golden) in [("text", "analyze.txt"), ("json", "analyze.json")] {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["analyze", "--format", format, "tests/data/small.capture.txt"])
             .output()
@@ -59,7 +59,7 @@ fn analyze_output_is_stable() {
 
 #[test]
 fn analyze_takes_a_bare_dump_from_stdin() {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["analyze", "-", "--device", "ens9"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -16,7 +16,7 @@ fn quick_run_prints_both_tools_and_the_floor() {
     let out_dir = support::TempDir::new("bench");
     let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
     let out = Command::new(harness)
-        .args(["--quick", "--bin", support::BIN, "--out"])
+        .args(["--quick", "--bin", support::bin(), "--out"])
         .arg(&out_dir.0)
         .output()
         .expect("run bench/run");

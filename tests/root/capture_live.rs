@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use crate::support::{parse_metrics, Agent, Netns, TempDir, VethLab, BIN};
+use crate::support::{bin, parse_metrics, Agent, Netns, TempDir, VethLab};
 
 /// The shell loop exactly as the README shows it.
 fn readme_loop() -> String {
@@ -42,7 +42,7 @@ fn showmax(metrics: &str, device: &str) -> BTreeMap<String, u64> {
 }
 
 fn analyze(path: &std::path::Path) -> String {
-    let out = Command::new(BIN).arg("analyze").arg(path).output().unwrap();
+    let out = Command::new(bin()).arg("analyze").arg(path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -97,7 +97,7 @@ fn record_writes_what_the_kernel_reports() {
             "netns",
             "exec",
             &lab.node.name,
-            BIN,
+            bin(),
             "record",
             "--device-include",
             "^veth0$",

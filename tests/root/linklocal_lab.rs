@@ -329,7 +329,7 @@ fn diagnose_names_the_throttled_eni_and_the_amplifying_client() {
     lab.resolv_conf(
         "nameserver 169.254.169.253\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
     );
-    let bin = support::BIN;
+    let bin = support::bin();
     let node = lab.node.name.clone();
     let diagnose = std::thread::spawn(move || {
         Command::new("ip")

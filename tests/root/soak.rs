@@ -26,7 +26,7 @@ fn a_three_minute_churn_soak_returns_to_its_baseline() {
     let out_dir = support::TempDir::new("soak");
     let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/soak");
     let out = Command::new(harness)
-        .args(["--duration", "180", "--bin", support::BIN, "--out"])
+        .args(["--duration", "180", "--bin", support::bin(), "--out"])
         .arg(&out_dir.0)
         .output()
         .expect("run bench/soak");

@@ -17,8 +17,15 @@ use std::time::{Duration, Instant};
 
 pub mod yaml;
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_enawatch");
+/// The binary under test: the one cargo built for the tests, or `ENAWATCH_TEST_BIN` (how
+/// scripts/test runs the live, lab, benchmark and regression tests against the shipped
+/// build: the `dist` profile for the musl target).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("ENAWATCH_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_enawatch").to_owned())
+    })
+}
 
 /// Fails the test unless it runs as root: a skipped namespace test would pass without
 /// proving anything, and CI runs as root.
@@ -345,7 +352,7 @@ pub fn wait_until<T>(
 
 /// `enawatch ARGS`, run to completion.
 pub fn enawatch(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run enawatch")
+    Command::new(bin()).args(args).output().expect("run enawatch")
 }
 
 /// Sends SIGTERM to `child` and waits for it.
@@ -544,7 +551,7 @@ impl<'a> Launch<'a> {
             launcher.extend(["ip", "netns", "exec", &ns.name].map(OsString::from));
         }
         launcher.extend(self.wrapper.iter().map(OsString::from));
-        launcher.push(BIN.into());
+        launcher.push(bin().into());
         let mut cmd = Command::new(&launcher[0]);
         cmd.args(&launcher[1..]).args(&self.args).args(["--listen", &addr]);
         if self.clear_env {

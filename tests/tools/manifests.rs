@@ -476,7 +476,7 @@ fn daemonset_matches_the_issue() {
 #[test]
 fn daemonset_arguments_are_accepted_by_the_binary() {
     let ds = daemonset();
-    let mut cmd = vec![support::BIN.to_owned()];
+    let mut cmd = vec![support::bin().to_owned()];
     cmd.extend(strings(&ds["spec"]["template"]["spec"]["containers"][0]["args"]));
     cmd.push("--check-config".to_owned());
     let args: Vec<&str> = cmd.iter().map(String::as_str).collect();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{TempDir, BIN};
+use crate::support::{bin, TempDir};
 use enawatch::generate::rules::{self, Flavour};
 
 fn root() -> PathBuf {
@@ -51,13 +51,13 @@ fn checked_in_rules_equal_what_the_binary_renders() {
         );
     }
     // The command line gives the same bytes.
-    let out = Command::new(BIN).args(["rules", "render", "--format", "amp-ack"]).output().unwrap();
+    let out = Command::new(bin()).args(["rules", "render", "--format", "amp-ack"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), rules::render(Flavour::AmpAck));
 }
 
 #[test]
 fn an_unknown_render_format_lists_the_known_ones() {
-    let out = Command::new(BIN).args(["rules", "render", "--format", "grafana"]).output().unwrap();
+    let out = Command::new(bin()).args(["rules", "render", "--format", "grafana"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("[possible values: prometheus, prometheus-operator, amp-ack]"), "{stderr}");

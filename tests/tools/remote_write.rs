@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use enawatch::remote_write::proto::{decode_request, DecodedSeries};
 
-use crate::support::{free_port, http_get, parse_metrics, sigterm, wait_until, Agent, TempDir, BIN};
+use crate::support::{bin, free_port, http_get, parse_metrics, sigterm, wait_until, Agent, TempDir};
 
 const BOTOCORE: &str = "python3 -m pip install botocore==1.43.11";
 const NODE: &str = "ip-10-0-1-23.ec2.internal";
@@ -711,7 +711,7 @@ fn check_config_names_what_is_wrong_with_an_endpoint() {
     let check_with = |config: &str, env: &[(&str, &str)]| {
         let path = dir.join("enawatch.yaml");
         std::fs::write(&path, config).unwrap();
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["serve", "--check-config", "--config"])
             .arg(&path)
             .env_clear()

@@ -282,7 +282,7 @@ fn the_shipped_configuration_passes_check_config() {
         .replace("/var/lib/enawatch/spool", &dir.join("spool").display().to_string());
     let path = dir.join("enawatch.yaml");
     std::fs::write(&path, filled).unwrap();
-    let out = Command::new(support::BIN)
+    let out = Command::new(support::bin())
         .args(["serve", "--check-config", "--config"])
         .arg(&path)
         .env_clear()

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{wait_until, TempDir, BIN};
+use crate::support::{bin, wait_until, TempDir};
 
 struct Tmux {
     socket: String,
@@ -65,7 +65,7 @@ fn top_highlights_the_throttled_device_and_q_restores_the_terminal() {
     )
     .unwrap();
     let tmux = Tmux::start("top");
-    tmux.type_line(&format!("{BIN} top --simulate {} --interval 500ms", scenario.display()));
+    tmux.type_line(&format!("{} top --simulate {} --interval 500ms", bin(), scenario.display()));
 
     let screen = tmux.wait_for("the throttled row", |s| s.contains("THROTTLED NOW: ens5 linklocal"));
     let row = screen.lines().find(|l| l.contains("ens5      linklocal")).expect("ens5 linklocal row");
@@ -92,7 +92,7 @@ fn top_highlights_the_throttled_device_and_q_restores_the_terminal() {
 
 #[test]
 fn top_prints_plain_tables_when_not_on_a_terminal() {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["top", "--simulate", "steady", "--interval", "200ms", "--iterations", "2"])
         .output()
         .unwrap();
