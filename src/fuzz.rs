@@ -293,16 +293,26 @@ fn script(input: &mut Input<'_>) -> VecDeque<Sample> {
                 0 => {}
                 1 | 2 => {
                     if (actions >> (2 * d)) & 3 == 2 || layouts[d].is_none() {
-                        // A driver's stat names are distinct (ENA's are; `ethtool -S` lists
-                        // each once): a layout is a selection of the names in any order.
-                        let mut names: Vec<String> = Vec::new();
-                        for _ in 0..input.byte() % 9 {
-                            let name = STAT_NAMES[usize::from(input.byte()) % STAT_NAMES.len()];
-                            if !names.iter().any(|n| n == name) {
-                                names.push(name.to_owned());
+                        // Sometimes another device's layout, shared as the live source shares
+                        // equal ones (the renderers group devices by it).
+                        let byte = input.byte();
+                        let other = layouts[usize::from(byte >> 2) % DEVICES.len()].clone();
+                        layouts[d] = Some(match other {
+                            Some(shared) if byte % 4 == 0 => shared,
+                            _ => {
+                                // A driver's stat names are distinct (ENA's are; `ethtool -S`
+                                // lists each once): a layout is a selection of the names in any
+                                // order.
+                                let mut names: Vec<String> = Vec::new();
+                                for _ in 0..input.byte() % 9 {
+                                    let name = STAT_NAMES[usize::from(input.byte()) % STAT_NAMES.len()];
+                                    if !names.iter().any(|n| n == name) {
+                                        names.push(name.to_owned());
+                                    }
+                                }
+                                Arc::new(Schema::new(names))
                             }
-                        }
-                        layouts[d] = Some(Arc::new(Schema::new(names)));
+                        });
                     }
                     let schema = Arc::clone(layouts[d].as_ref().expect("set above"));
                     let values: Vec<u64> = (0..schema.names.len())
@@ -409,6 +419,7 @@ pub fn check_exposition(body: &str, format: Format) {
         }
         assert!(!line.starts_with('#'), "{}", at("an unexpected comment"));
         let Some((name, kind)) = &family else { panic!("{}", at("a sample before any family")) };
+        assert!(!kind.is_empty(), "{}", at("a sample of a family without # TYPE"));
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         let sample = &line[..end];
         let suffixes: &[&str] = match (*kind, om) {

@@ -45,7 +45,7 @@ seed("capture_write", "one-device", w)
 
 # sampler: compat off, then ticks where ens5 reads a layout of the six allowance stats.
 s = bytes([0]) + struct.pack("<H", 100) + struct.pack("<I", 0xFFFFFFFF)  # compat, forget, renders
-s += bytes([4, 0b00_00_10, 6, 0, 1, 2, 3, 4, 5]) + bytes([4] * 6) + bytes([1])
+s += bytes([4, 0b00_00_10, 1, 6, 0, 1, 2, 3, 4, 5]) + bytes([4] * 6) + bytes([1])  # 1: not shared
 for _ in range(6):
     s += bytes([4, 0b00_00_01]) + bytes([2] * 6) + bytes([1])
 seed("sampler", "allowances", s)

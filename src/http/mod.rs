@@ -8,16 +8,17 @@ use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -43,9 +44,9 @@ pub struct AppState {
     /// History kept per device.
     pub history: Duration,
     /// The DNS analysis, when on.
-    pub dns: Option<Arc<std::sync::Mutex<crate::source::dns::DnsStats>>>,
+    pub dns: Option<Arc<Mutex<crate::source::dns::DnsStats>>>,
     /// This node's pods by address, when pod attribution is on.
-    pub pods: Option<Arc<std::sync::Mutex<crate::source::pods::Pods>>>,
+    pub pods: Option<Arc<Mutex<crate::source::pods::Pods>>>,
 }
 
 /// Builds the HTTP application.
@@ -61,15 +62,39 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
     let len = body.len();
     let chunks = body.into_chunks();
     if accepts_gzip(header_str(header::ACCEPT_ENCODING)) {
-        let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
-        if chunks.iter().all(|c| gz.write_all(c.as_ref()).is_ok()) {
-            if let Ok(compressed) = gz.finish() {
-                return (content_type, [(header::CONTENT_ENCODING, "gzip")], compressed).into_response();
-            }
+        if let Ok(compressed) = gzip(&chunks, len) {
+            return (content_type, [(header::CONTENT_ENCODING, "gzip")], compressed).into_response();
         }
     }
     let left = u64::try_from(len).unwrap_or(u64::MAX);
     (content_type, Body::new(Chunks { chunks: chunks.into_iter(), left })).into_response()
+}
+
+/// The chunks as one gzip member (RFC 1952), compressed by a deflate state kept between
+/// scrapes: allocated for each, its few hundred KiB of tables were page-faulted and freed
+/// every time (and mapped and unmapped by musl's allocator, the image's).
+fn gzip(chunks: &[metrics::encode::Chunk], len: usize) -> std::io::Result<Vec<u8>> {
+    type Deflate = flate2::write::DeflateEncoder<Vec<u8>>;
+    static SPARE: Mutex<Option<Deflate>> = Mutex::new(None);
+    // Concurrent scrapes each take one; one is kept.
+    let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let mut deflate = spare.unwrap_or_else(|| Deflate::new(Vec::new(), flate2::Compression::fast()));
+    // Header: deflate, no flags, no time, no extra flags, OS unknown.
+    let out = deflate.get_mut();
+    out.reserve(len / 4);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut crc = crc32fast::Hasher::new();
+    for chunk in chunks {
+        crc.update(chunk.as_ref());
+        deflate.write_all(chunk.as_ref())?;
+    }
+    // Ends this stream, and readies the state for the next one.
+    let mut out = deflate.reset(Vec::new())?;
+    SPARE.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(deflate);
+    // Trailer: CRC-32 and the length modulo 2^32, little-endian.
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(len as u64).to_le_bytes()[..4]);
+    Ok(out)
 }
 
 /// A response body sent as the chunks it was rendered in (`metrics::encode::Exposition`
@@ -261,10 +286,14 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert_eq!(text.lines().filter(|l| l.starts_with("enawatch_read_errors_total{")).count(), 3000);
         assert!(text.contains("{device=\"veth02999\",reason=\"io\"} 2999\n"));
-        let (_, _, gzipped) = get(&state, "/metrics", &[("accept-encoding", "gzip")]).await;
-        let mut plain = String::new();
-        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut plain).unwrap();
-        assert_eq!(plain, text);
+        // Twice: the second reuses the deflate state the first left (its CRC and length are
+        // checked by the decoder).
+        for _ in 0..2 {
+            let (_, _, gzipped) = get(&state, "/metrics", &[("accept-encoding", "gzip")]).await;
+            let mut plain = String::new();
+            flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut plain).unwrap();
+            assert_eq!(plain, text);
+        }
     }
 
     #[tokio::test]

@@ -476,6 +476,71 @@ mod tests {
     use crate::history::{DeviceCounters, DeviceState};
     use crate::source::{Device, Schema};
 
+    fn device(name: &str, schema: &Arc<Schema>, compat: &Arc<[usize]>, values: &[u64]) -> DeviceState {
+        DeviceState {
+            device: Arc::new(Device {
+                name: name.into(),
+                driver: "ena".into(),
+                driver_version: String::new(),
+                firmware_version: String::new(),
+                bus_info: String::new(),
+                eni: None,
+            }),
+            schema: Arc::clone(schema),
+            values: Arc::from(values),
+            compat: Arc::clone(compat),
+            counters: DeviceCounters::default(),
+            resets: 0,
+            glitches: 0,
+            implausible: 0,
+            linklocal: None,
+        }
+    }
+
+    #[test]
+    fn node_exporter_families_span_devices_of_shared_and_different_layouts() {
+        // Two devices share a layout in which two stats sanitise to one name (the first
+        // wins); a third has another layout, in another order, with a stat of its own.
+        let shared = Arc::new(Schema::new(["q0-drops", "q0_drops", "q1"].map(str::to_owned).to_vec()));
+        let other = Arc::new(Schema::new(["q1", "q0-drops", "extra"].map(str::to_owned).to_vec()));
+        let all: Arc<[usize]> = Arc::from(&[0, 1, 2][..]);
+        let snapshot = Snapshot {
+            seq: 1,
+            devices: vec![
+                device("a", &shared, &all, &[1, 2, 3]),
+                device("b", &other, &Arc::from(&[0, 1, 2][..]), &[4, 5, 6]),
+                device("c", &shared, &all, &[7, 8, 9]),
+            ],
+            ..Snapshot::empty()
+        };
+        let options = Options {
+            compat: vec![Compat::NodeExporter],
+            interval: Duration::from_secs(1),
+            notify: None,
+            remote_write: None,
+        };
+        let text = render(&snapshot, &options, Format::Text).into_text();
+        let node: Vec<&str> = text.lines().skip_while(|l| !l.contains("node_ethtool_")).collect();
+        assert_eq!(
+            node,
+            [
+                "# HELP node_ethtool_extra Network interface extra",
+                "# TYPE node_ethtool_extra untyped",
+                "node_ethtool_extra{device=\"b\"} 6",
+                "# HELP node_ethtool_q0_drops Network interface q0-drops",
+                "# TYPE node_ethtool_q0_drops untyped",
+                "node_ethtool_q0_drops{device=\"a\"} 1",
+                "node_ethtool_q0_drops{device=\"b\"} 5",
+                "node_ethtool_q0_drops{device=\"c\"} 7",
+                "# HELP node_ethtool_q1 Network interface q1",
+                "# TYPE node_ethtool_q1 untyped",
+                "node_ethtool_q1{device=\"a\"} 3",
+                "node_ethtool_q1{device=\"b\"} 4",
+                "node_ethtool_q1{device=\"c\"} 9",
+            ]
+        );
+    }
+
     #[test]
     fn compatibility_families_skip_positions_past_the_values_instead_of_panicking() {
         // A state that breaks the sampler's invariant: three stat names, one value, and

@@ -14,7 +14,7 @@ pub mod counters;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,7 @@ pub struct Sampler {
     store: Arc<Store>,
     devices: BTreeMap<String, DeviceState>,
     /// Compat positions per stat layout (`compat_of`).
-    compat: Vec<(Arc<Schema>, Arc<[usize]>)>,
+    compat: Vec<(Weak<Schema>, Arc<[usize]>)>,
     errors: BTreeMap<(String, ReadError), (u64, i64)>,
     /// Devices that vanished at the last tick: their error counters go at this one.
     vanished: Vec<String>,
@@ -447,18 +447,20 @@ fn describe(device: &crate::source::Device) -> String {
 }
 
 /// The compat positions of `schema`, shared by every device with that schema (the
-/// renderers group devices by the pair); layouts no device holds any more are forgotten.
+/// renderers group devices by the pair). Schemas are held weakly: one no device and no
+/// snapshot holds any more is gone, and its entry is dropped.
 fn compat_of(
-    known: &mut Vec<(Arc<Schema>, Arc<[usize]>)>,
+    known: &mut Vec<(Weak<Schema>, Arc<[usize]>)>,
     schema: &Arc<Schema>,
     select: Option<&Regex>,
 ) -> Arc<[usize]> {
-    known.retain(|(s, _)| Arc::strong_count(s) > 1);
-    if let Some((_, compat)) = known.iter().find(|(s, _)| Arc::ptr_eq(s, schema)) {
+    known.retain(|(s, _)| s.strong_count() > 0);
+    // A live entry's address cannot have been reused: `schema` is alive, and so is it.
+    if let Some((_, compat)) = known.iter().find(|(s, _)| std::ptr::eq(s.as_ptr(), Arc::as_ptr(schema))) {
         return Arc::clone(compat);
     }
     let compat = compat_positions(schema, select);
-    known.push((Arc::clone(schema), Arc::clone(&compat)));
+    known.push((Arc::downgrade(schema), Arc::clone(&compat)));
     compat
 }
 
@@ -481,6 +483,24 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+
+    #[test]
+    fn compat_positions_are_shared_per_layout_and_forgotten_with_it() {
+        let mut known = Vec::new();
+        let names = || vec!["x".to_owned(), "linklocal_allowance_exceeded".to_owned()];
+        let layout = Arc::new(Schema::new(names()));
+        let first = compat_of(&mut known, &layout, None);
+        assert_eq!(*first, [1]);
+        assert!(Arc::ptr_eq(&first, &compat_of(&mut known, &layout, None)), "one copy per layout");
+        let equal_names = Arc::new(Schema::new(names()));
+        assert!(
+            !Arc::ptr_eq(&first, &compat_of(&mut known, &equal_names, None)),
+            "keyed by the layout itself"
+        );
+        drop((layout, equal_names));
+        let _ = compat_of(&mut known, &Arc::new(Schema::new(names())), None);
+        assert_eq!(known.len(), 1, "the entries of layouts nothing holds are dropped");
+    }
     use crate::source::{Device, Sample};
 
     struct Script(VecDeque<Sample>);

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
@@ -87,22 +87,22 @@ pub(crate) struct LiveSource {
 
 /// The stat layouts of the watched devices, shared: devices of one driver and queue count
 /// report the same names, so they hold one `Schema` (one copy of the names, sanitised once
-/// for node_exporter, and the renderers group devices by it).
+/// for node_exporter, and the renderers group devices by it). Held weakly: a layout no
+/// device and no snapshot holds any more is gone, and its entry is dropped here.
 struct Layouts {
     /// The layout of devices without statistics.
     empty: Arc<Schema>,
-    known: Vec<Arc<Schema>>,
+    known: Vec<Weak<Schema>>,
 }
 
 impl Layouts {
     fn intern(&mut self, names: Vec<String>) -> Arc<Schema> {
-        // A layout nothing else holds (no device, no snapshot) is forgotten.
-        self.known.retain(|s| Arc::strong_count(s) > 1);
-        if let Some(known) = self.known.iter().find(|s| *s.names == *names) {
-            return Arc::clone(known);
+        self.known.retain(|s| s.strong_count() > 0);
+        if let Some(known) = self.known.iter().filter_map(Weak::upgrade).find(|s| *s.names == *names) {
+            return known;
         }
         let schema = Arc::new(Schema::new(names));
-        self.known.push(Arc::clone(&schema));
+        self.known.push(Arc::downgrade(&schema));
         schema
     }
 }
@@ -442,6 +442,20 @@ impl Source for LiveSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_with_the_same_stat_names_share_one_layout_until_none_holds_it() {
+        let mut layouts = Layouts { empty: Arc::new(Schema::new(Vec::new())), known: Vec::new() };
+        let names = |n: &str| vec!["rx".to_owned(), n.to_owned()];
+        let a = layouts.intern(names("tx"));
+        let b = layouts.intern(names("tx"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = layouts.intern(names("tx_q1"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        let _ = layouts.intern(names("other"));
+        assert_eq!(layouts.known.len(), 2, "the layout nothing holds is forgotten: {:?}", layouts.known);
+    }
 
     #[test]
     fn default_selection_is_by_driver_never_by_name() {

