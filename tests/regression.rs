@@ -18,7 +18,7 @@ use enawatch::remote_write::spool::{Recovered, Spool};
 use enawatch::remote_write::{resolve_all, EndpointConfig, Pusher};
 use enawatch::sampler::{Sampler, Settings};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
-use support::{bin, TempDir};
+use support::{bin, free_port, Agent, TempDir};
 
 /// Per request: when it arrived (Unix ms), and the date its 429 asked to wait for, if any.
 type Arrivals = Arc<Mutex<Vec<(i64, Option<i64>)>>>;
@@ -125,34 +125,6 @@ fn regression_data(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/regressions").join(name)
 }
 
-/// A free address on 127.0.0.1 (reserved, then released for the agent to bind).
-fn free_listen_address() -> String {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
-}
-
-/// The agent, killed when the test ends (also when it fails).
-struct Agent(std::process::Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What a GET of `path` on `addr` got: `None` when nothing listens there yet, else the raw
-/// response (empty when the connection was dropped without one).
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = Vec::new();
-    if stream.write_all(request.as_bytes()).is_ok() {
-        let _ = stream.read_to_end(&mut response);
-    }
-    Some(String::from_utf8_lossy(&response).into_owned())
-}
-
 /// A sample in which the ENA driver reported every allowance counter as zero (the glitch,
 /// held back by the counter semantics) right after the device's stat set changed kept the
 /// old values under the new stat layout: `/metrics` with the compatibility families indexed
@@ -161,31 +133,23 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 /// renderers skip a position that is out of range.
 #[test]
 fn scrape_after_glitch_on_a_changed_stat_set_does_not_panic() {
-    let dir = TempDir::new("regression");
     let capture = regression_data("capture-glitch-schema-change-compat-oob.txt");
-    let listen = free_listen_address();
-    let _agent = Agent(
-        Command::new(bin())
-            .args(["serve", "--replay"])
-            .arg(&capture)
-            .args(["--speed", "1000", "--compat", "showmax,node-exporter", "--listen", &listen])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let mut agent = Agent::launch(&["serve", "--replay"])
+        .arg(&capture)
+        .args(&["--speed", "1000", "--compat", "showmax,node-exporter"])
+        .spawn();
     // Both samples replayed: the second is the glitch under the new stat set.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        assert!(Instant::now() < deadline, "the replay did not reach its second sample\n{}", log());
-        let Some(response) = http_get(&listen, "/metrics") else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        assert!(response.starts_with("HTTP/1.1 200"), "the scrape failed: {response:?}\n{}", log());
-        if response.contains("\nenawatch_samples_total 2\n") {
-            break response;
+        agent.check_alive();
+        assert!(Instant::now() < deadline, "the replay did not reach its second sample\n{}", agent.log());
+        // Nothing listens yet, or a scrape that must answer 200.
+        if let Ok(response) = agent.get("/metrics") {
+            assert_eq!(response.status, 200, "the scrape failed\n{}", agent.log());
+            let text = response.text();
+            if text.contains("\nenawatch_samples_total 2\n") {
+                break text;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -195,7 +159,7 @@ fn scrape_after_glitch_on_a_changed_stat_set_does_not_panic() {
         "{body}"
     );
     assert!(body.contains("node_ethtool_linklocal_allowance_exceeded{device=\"ens5\"} 5\n"), "{body}");
-    assert!(!log().contains("panicked"), "{}", log());
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
 }
 
 /// Writes steps (id, time) of one series with the spool's own writer, into one segment of
@@ -249,28 +213,19 @@ fn a_damaged_byte_in_a_spool_segments_first_record_loses_no_step() {
     std::fs::write(
         &config,
         format!(
-            "remote_write:\n  - url: http://{}/api/v1/write\n    name: rw\n    spool_dir: '{}'\n",
-            free_listen_address(),
+            "remote_write:\n  - url: http://127.0.0.1:{}/api/v1/write\n    name: rw\n    spool_dir: '{}'\n",
+            free_port(),
             dir.join("spool").display()
         ),
     )
     .unwrap();
-    let _agent = Agent(
-        Command::new(bin())
-            .args(["serve", "--simulate", "steady", "--listen", &free_listen_address(), "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let agent = Agent::launch(&["serve", "--simulate", "steady", "--config"]).arg(&config).spawn();
     let deadline = Instant::now() + Duration::from_secs(20);
     let line = loop {
-        if let Some(line) = log().lines().find(|l| l.contains("spool:") && l.contains(&segment_name)) {
+        if let Some(line) = agent.log().lines().find(|l| l.contains("spool:") && l.contains(&segment_name)) {
             break line.to_owned();
         }
-        assert!(Instant::now() < deadline, "the damage was not logged\n{}", log());
+        assert!(Instant::now() < deadline, "the damage was not logged\n{}", agent.log());
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(line.contains(" WARN ") && line.contains("offset=0"), "{line}");
@@ -768,7 +723,7 @@ fn device_churn_logs_a_bounded_number_of_lines_and_a_summary() {
 /// when it was still running then (it is killed).
 fn start_with_config(config: &std::path::Path) -> Option<(Option<i32>, String)> {
     let mut child = Command::new(bin())
-        .args(["serve", "--listen", &free_listen_address(), "--config"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
