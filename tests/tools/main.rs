@@ -10,6 +10,7 @@ mod support;
 mod dashboards;
 mod e2e;
 mod golden;
+mod helm;
 mod manifests;
 mod notify;
 mod package;

@@ -19,7 +19,7 @@ use crate::support::yaml::{documents, load, read, seq, text};
 
 /// Kubernetes versions the core manifests must validate against: the oldest EKS version the
 /// manifests promise and a recent one.
-const KUBERNETES_VERSIONS: [&str; 2] = ["1.31.0", "1.35.0"];
+pub(crate) const KUBERNETES_VERSIONS: [&str; 2] = ["1.31.0", "1.35.0"];
 const KUBERNETES_VALIDATE_INSTALL: &str = "pip install kubernetes-validate==1.37.0";
 const KUBE_DIR: &str = "deploy/kubernetes";
 const COLLECTOR: &str = "deploy/adot/collector.yaml";
@@ -81,7 +81,7 @@ fn ident(doc: &Value) -> String {
     format!("{}/{}", text(&doc["kind"]), text(&doc["metadata"]["name"]))
 }
 
-fn is_builtin(api_version: &str) -> bool {
+pub(crate) fn is_builtin(api_version: &str) -> bool {
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
     BUILTIN_GROUPS.contains(&group)
 }
@@ -120,7 +120,7 @@ impl Findings {
 
 /// Runs `kubernetes-validate --strict` for every version on `files`: Ok(output) when it
 /// reports no error, Err(output) otherwise.
-fn kubernetes_validate(files: &[PathBuf]) -> Result<String, String> {
+pub(crate) fn kubernetes_validate(files: &[PathBuf]) -> Result<String, String> {
     let mut cmd = Command::new("kubernetes-validate");
     cmd.arg("--strict");
     for version in KUBERNETES_VERSIONS {
@@ -145,7 +145,7 @@ fn kubernetes_validate(files: &[PathBuf]) -> Result<String, String> {
     }
 }
 
-fn major_minor(version: &str) -> &str {
+pub(crate) fn major_minor(version: &str) -> &str {
     version.rsplit_once('.').map_or(version, |(mm, _)| mm)
 }
 
@@ -491,7 +491,7 @@ fn daemonset_arguments_are_accepted_by_the_binary() {
 // === relabelling, simulated ===
 
 /// A pod as Kubernetes service discovery (`role: pod`) sees it.
-struct Pod {
+pub(crate) struct Pod {
     namespace: String,
     name: String,
     ip: String,
@@ -511,7 +511,7 @@ impl Pod {
     }
 
     /// The agent pod of the DaemonSet on node NODE.
-    fn agent(ds: &Value) -> Self {
+    pub(crate) fn agent(ds: &Value) -> Self {
         Self {
             namespace: text(&ds["metadata"]["namespace"]),
             name: "enawatch-x7k2p".to_owned(),
@@ -696,7 +696,7 @@ const SERVICEMONITOR_SPEC: [&str; 6] =
     ["jobLabel", "namespaceSelector", "selector", "endpoints", "targetLabels", "podTargetLabels"];
 
 /// A PodMonitor of `pod`: it selects the pod in its namespace and every endpoint is sound.
-fn podmonitor_problems(pm: &Value, pod: &Pod) -> Vec<String> {
+pub(crate) fn podmonitor_problems(pm: &Value, pod: &Pod) -> Vec<String> {
     let at = format!("PodMonitor {}", text(&pm["metadata"]["name"]));
     let spec = &pm["spec"];
     let mut f = Findings::default();
@@ -722,7 +722,7 @@ fn podmonitor_problems(pm: &Value, pod: &Pod) -> Vec<String> {
 }
 
 /// The ServiceMonitor selects the Service, which selects the agent and names its port.
-fn servicemonitor_problems(sm: &Value, service: &Value, pod: &Pod) -> Vec<String> {
+pub(crate) fn servicemonitor_problems(sm: &Value, service: &Value, pod: &Pod) -> Vec<String> {
     let at = "ServiceMonitor enawatch";
     let spec = &sm["spec"];
     let svc_labels = string_map(&service["metadata"]["labels"]);

@@ -42,7 +42,7 @@ fn merge_key(field: &str) -> Option<&'static str> {
     }
 }
 
-fn merge(base: &mut Value, patch: &Value, field: &str) {
+pub(crate) fn merge(base: &mut Value, patch: &Value, field: &str) {
     match (base, patch) {
         (Value::Mapping(b), Value::Mapping(p)) => {
             for (k, v) in p {
@@ -69,7 +69,7 @@ fn merge(base: &mut Value, patch: &Value, field: &str) {
 }
 
 /// The base's objects with the component applied.
-fn rendered() -> Vec<Value> {
+pub(crate) fn rendered() -> Vec<Value> {
     let base: Value = yaml_serde::from_str(&read(&format!("{BASE}/kustomization.yaml"))).unwrap();
     let component: Value = yaml_serde::from_str(&read(&format!("{COMPONENT}/kustomization.yaml"))).unwrap();
     assert_eq!(text(&component["kind"]), "Component");
