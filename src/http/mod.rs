@@ -248,6 +248,18 @@ mod tests {
         (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
     }
 
+    /// Publishes a snapshot with `n` read-error series (`veth00000` …): a body of `n` lines.
+    fn published_errors(state: &AppState, n: u64) {
+        let read_errors = (0..n)
+            .map(|i| crate::history::ErrorCount {
+                device: format!("veth{i:05}"),
+                reason: crate::source::ReadError::Io,
+                count: i,
+            })
+            .collect();
+        state.store.publish(Arc::new(Snapshot { seq: 1, read_errors, ..Snapshot::empty() }));
+    }
+
     fn published(state: &AppState) {
         state.store.publish(Arc::new(Snapshot { seq: 1, ..Snapshot::empty() }));
     }
@@ -277,14 +289,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_many_chunks_arrives_whole_with_its_length() {
         let state = state();
-        let read_errors = (0..3000)
-            .map(|i| crate::history::ErrorCount {
-                device: format!("veth{i:05}"),
-                reason: crate::source::ReadError::Io,
-                count: i,
-            })
-            .collect();
-        state.store.publish(Arc::new(Snapshot { seq: 1, read_errors, ..Snapshot::empty() }));
+        published_errors(&state, 3000);
         let (status, headers, body) = get(&state, "/metrics", &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.len() > 4 * metrics::encode::CHUNK, "{} bytes: several chunks", body.len());
@@ -308,14 +313,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_several_chunks_is_not_held_back_by_nagle() {
         let state = state();
-        let read_errors = (0..1300)
-            .map(|i| crate::history::ErrorCount {
-                device: format!("veth{i:05}"),
-                reason: crate::source::ReadError::Io,
-                count: i,
-            })
-            .collect();
-        state.store.publish(Arc::new(Snapshot { seq: 1, read_errors, ..Snapshot::empty() }));
+        published_errors(&state, 1300);
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, app(Arc::clone(&state))));
