@@ -197,12 +197,8 @@ impl Sampler {
             if self.failing.remove(&reading.device.name) {
                 info!(device = %reading.device.name, "device readable again");
             }
-            if self.seq > 0 && !self.devices.contains_key(&reading.device.name) {
-                // The first tick's devices are the source's to announce (the start-up line).
-                appeared.push(describe(&reading.device));
-            }
             let name = reading.device.name.clone();
-            if let Some((point, added)) = self.apply(reading, at_ms) {
+            if let Some((point, added)) = self.apply(reading, at_ms, &mut appeared) {
                 self.log_drops(&name, &added, at_ms);
                 points.push((name, point));
             }
@@ -334,12 +330,22 @@ impl Sampler {
     }
 
     /// Runs one reading through the counter semantics; the history point and the packets
-    /// added, for a device that reports allowance stats.
-    fn apply(&mut self, reading: Reading, at_ms: i64) -> Option<(Point, [u64; 5])> {
+    /// added, for a device that reports allowance stats. A device new after the first tick
+    /// is described in `appeared` (the first tick's are the source's to announce).
+    fn apply(
+        &mut self,
+        reading: Reading,
+        at_ms: i64,
+        appeared: &mut Vec<String>,
+    ) -> Option<(Point, [u64; 5])> {
         let Reading { device, schema, values, linklocal } = reading;
-        let state = match self.devices.get_mut(&device.name) {
-            Some(state) => state,
-            None => self.devices.entry(device.name.clone()).or_insert_with(|| DeviceState {
+        let state = if let Some(state) = self.devices.get_mut(&device.name) {
+            state
+        } else {
+            if self.seq > 0 {
+                appeared.push(device.describe());
+            }
+            self.devices.entry(device.name.clone()).or_insert_with(|| DeviceState {
                 device: Arc::clone(&device),
                 schema: Arc::clone(&schema),
                 values: Arc::clone(&values),
@@ -349,7 +355,7 @@ impl Sampler {
                 glitches: 0,
                 implausible: 0,
                 linklocal: None,
-            }),
+            })
         };
         let (exceeded, available) = schema.index.pick(&values);
         let update = state.counters.update(at_ms, &RawAllowances { exceeded, available });
@@ -434,15 +440,6 @@ impl Sampler {
                 }
             }
         })
-    }
-}
-
-/// A device for the log: its name and driver.
-fn describe(device: &crate::source::Device) -> String {
-    if device.driver.is_empty() {
-        device.name.clone()
-    } else {
-        format!("{} ({})", device.name, device.driver)
     }
 }
 

@@ -208,7 +208,7 @@ impl LiveSource {
                 bus_info: driver.bus_info,
                 eni,
             });
-            added.push(describe(&device));
+            added.push(device.describe());
             self.watched.push(Watched {
                 ifname,
                 index: link.index,
@@ -302,21 +302,6 @@ impl LiveSource {
             Read::CountChanged => Ok(false),
         }
     }
-}
-
-fn describe(d: &Device) -> String {
-    let mut s = format!(
-        "{} ({} {}",
-        d.name,
-        if d.driver.is_empty() { "unknown driver" } else { &d.driver },
-        d.driver_version
-    );
-    if let Some(eni) = &d.eni {
-        s.push_str(", ");
-        s.push_str(eni);
-    }
-    s.push(')');
-    s
 }
 
 /// What opening the meter on a device came to.

@@ -75,6 +75,20 @@ pub struct Device {
     pub eni: Option<String>,
 }
 
+impl Device {
+    /// The device for a log line: its name, driver, version and ENI.
+    pub fn describe(&self) -> String {
+        let driver = if self.driver.is_empty() { "unknown driver" } else { &self.driver };
+        let mut s = format!("{} ({driver} {}", self.name, self.driver_version);
+        if let Some(eni) = &self.eni {
+            s.push_str(", ");
+            s.push_str(eni);
+        }
+        s.push(')');
+        s
+    }
+}
+
 /// The names of one device's driver statistics, and where the allowance stats are.
 #[derive(Debug)]
 pub struct Schema {
