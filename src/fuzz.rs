@@ -203,14 +203,6 @@ const STAT_NAMES: [&str; 16] = [
 ];
 
 /// A source replaying scripted samples.
-struct Script(VecDeque<Sample>);
-
-impl Source for Script {
-    fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
-        self.0.pop_front()
-    }
-}
-
 /// Device names of the sampler target; the third needs escaping in a label value.
 const DEVICES: [&str; 3] = ["ens5", "eth1", "x\"\\y"];
 
@@ -238,7 +230,7 @@ pub fn sampler(data: &[u8]) {
     let ticks = script.len();
     let store = Arc::new(Store::new(64));
     let hook = Local::new(Evaluator::new(default_rules()), None);
-    let mut sampler = Sampler::new(Box::new(Script(script)), settings, store).with_hook(hook);
+    let mut sampler = Sampler::new(Box::new(script), settings, store).with_hook(hook);
     let options = Options {
         compat: vec![Compat::Showmax, Compat::NodeExporter],
         interval: Duration::from_secs(1),

@@ -566,14 +566,6 @@ fn check_config_output_ends_with_a_newline() {
 // === Churn: devices that come and go ===
 
 /// A scripted source: one sample per tick, in order.
-struct Script(std::collections::VecDeque<Sample>);
-
-impl Source for Script {
-    fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
-        self.0.pop_front()
-    }
-}
-
 /// A device reading with one allowance stat (a veth, say, or an ENI).
 fn reading_of(name: &str, value: u64) -> Reading {
     let device = Device {
@@ -629,7 +621,7 @@ fn series_of_a_vanished_device_leave_every_family_at_the_next_tick() {
     next(vec![reading_of("ens5", 1)], vec![]);
 
     let store = Arc::new(Store::new(100));
-    let mut sampler = Sampler::new(Box::new(Script(script)), served_settings(), Arc::clone(&store));
+    let mut sampler = Sampler::new(Box::new(script), served_settings(), Arc::clone(&store));
     let options =
         Options { compat: Vec::new(), interval: Duration::from_secs(1), notify: None, remote_write: None };
     // Devices seen at the previous tick, and those that left the tick before that.
@@ -705,7 +697,7 @@ fn device_churn_logs_a_bounded_number_of_lines_and_a_summary() {
     }
     let store = Arc::new(Store::new(100));
     let log = logged(|| {
-        let mut sampler = Sampler::new(Box::new(Script(script)), served_settings(), store);
+        let mut sampler = Sampler::new(Box::new(script), served_settings(), store);
         while sampler.tick(0).is_some() {}
     });
     let per_device: Vec<&str> = log.lines().filter(|l| l.contains("pod")).collect();

@@ -500,14 +500,6 @@ mod tests {
     }
     use crate::source::{Device, Sample};
 
-    struct Script(VecDeque<Sample>);
-
-    impl Source for Script {
-        fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
-            self.0.pop_front()
-        }
-    }
-
     fn reading(name: &str, ll: u64) -> Reading {
         let device = Arc::new(Device {
             name: name.into(),
@@ -541,7 +533,7 @@ mod tests {
         ]);
         let settings =
             Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
-        let mut sampler = Sampler::new(Box::new(Script(script)), settings, Arc::new(Store::new(10)));
+        let mut sampler = Sampler::new(Box::new(script), settings, Arc::new(Store::new(10)));
         sampler.tick(0);
         for (tick, want) in [(1, [ll]), (2, [ll])] {
             let snapshot = sampler.tick(0).unwrap();
@@ -572,7 +564,7 @@ mod tests {
         let store = Arc::new(Store::new(100));
         let settings =
             Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
-        let mut sampler = Sampler::new(Box::new(Script(script)), settings, Arc::clone(&store));
+        let mut sampler = Sampler::new(Box::new(script), settings, Arc::clone(&store));
 
         sampler.tick(0);
         let failing = sampler.tick(0).unwrap();

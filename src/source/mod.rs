@@ -33,6 +33,14 @@ pub trait Source: Send {
     }
 }
 
+/// A fixed list of samples, played back in order (tests, benchmarks and fuzzing drive the
+/// sampler with one).
+impl Source for std::collections::VecDeque<Sample> {
+    fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
+        self.pop_front()
+    }
+}
+
 /// Everything one tick read.
 #[derive(Debug, Default)]
 pub struct Sample {

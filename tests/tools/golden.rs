@@ -14,7 +14,7 @@ use enawatch::history::Store;
 use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
-use enawatch::source::{Device, Reading, Sample, Schema, Source};
+use enawatch::source::{Device, Reading, Sample, Schema};
 
 use crate::support::check_golden;
 
@@ -24,15 +24,6 @@ fn ethtool_s(text: &str) -> (Vec<String>, Vec<u64>) {
         .filter_map(|l| l.trim().rsplit_once(": "))
         .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse::<u64>().ok()?)))
         .unzip()
-}
-
-/// A source that plays back a fixed list of samples.
-struct Script(VecDeque<Sample>);
-
-impl Source for Script {
-    fn sample(&mut self, _now_ms: i64) -> Option<Sample> {
-        self.0.pop_front()
-    }
 }
 
 fn device(name: &str, version: &str, eni: Option<&str>) -> Arc<Device> {
@@ -95,7 +86,7 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
         events: Vec::new(),
     };
     let t0 = 1_790_000_000_000;
-    let script = Script(VecDeque::from([
+    let script = VecDeque::from([
         sample(t0, base.clone().into(), [0, 10, 0, 0, 0, 0]),
         // One second later: link-local drops on ens5, pps drops on eth1.
         sample(
@@ -119,7 +110,7 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
             ),
             [0, 0, 2, 0, 0, 0],
         ),
-    ]));
+    ]);
     let store = Arc::new(Store::new(900));
     let settings =
         Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
