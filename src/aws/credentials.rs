@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use super::{sigv4, Credentials};
 use crate::base::file::{read_bounded_text, SECRET_LIMIT};
 use crate::base::time::parse_rfc3339;
-use crate::outbound::{ClientError, ClientOptions};
+use crate::outbound::{self, ClientError, ClientOptions};
 
 /// Temporary credentials are replaced this long before they expire (what the AWS SDKs do).
 pub(crate) const REFRESH_BEFORE: Duration = Duration::from_secs(300);
@@ -408,12 +408,10 @@ impl Provider {
             }
         }
         let xml = match request.body(body).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                resp.text().await.map_err(|e| e.without_url().to_string())?
-            }
+            Ok(resp) if resp.status().is_success() => utf8(outbound::read_body(resp, MAX_ANSWER).await?)?,
             Ok(resp) => {
                 let status = resp.status();
-                let xml = resp.text().await.unwrap_or_default();
+                let xml = outbound::read_body(resp, MAX_ANSWER).await.and_then(utf8).unwrap_or_default();
                 let code = xml_value(&xml, "Code").unwrap_or_default();
                 let message = xml_value(&xml, "Message").unwrap_or_default();
                 return Err(format!("STS answered HTTP {status}: {code} {message}"));
@@ -437,7 +435,14 @@ async fn text(response: Result<reqwest::Response, reqwest::Error>, what: &str) -
     if !status.is_success() {
         return Err(format!("{what}: HTTP {status}"));
     }
-    response.text().await.map_err(|e| format!("{what}: {}", e.without_url()))
+    outbound::read_body(response, MAX_ANSWER).await.and_then(utf8).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Most bytes of a credential answer (STS XML, IMDS or container JSON: about 2 KiB).
+const MAX_ANSWER: usize = 64 << 10;
+
+fn utf8(body: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(body).map_err(|_| "an answer that is not UTF-8 text".to_owned())
 }
 
 /// Credentials from the JSON of IMDS and container endpoints.

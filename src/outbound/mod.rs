@@ -84,6 +84,20 @@ pub(crate) fn retry_after(headers: &HeaderMap, now_ms: i64) -> Option<Duration> 
     parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now_ms)
 }
 
+/// The body of `response`, refused when longer than `max` bytes: an answer from a server
+/// the agent talks to is read with a bound, as every file is.
+pub(crate) async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= max => body.extend_from_slice(&chunk),
+            Ok(Some(_)) => return Err(format!("an answer longer than {} KiB", max >> 10)),
+            Ok(None) => return Ok(body),
+            Err(err) => return Err(err.without_url().to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::base::file::{read_bounded, read_bounded_text, ReadError, CA_LIMIT, SECRET_LIMIT};
-use crate::outbound::ClientOptions;
+use crate::outbound::{self, ClientOptions};
 
 /// Who a client address is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -366,7 +366,7 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
                 continue;
             }
             Ok(resp) if resp.status().is_success() => {
-                match read_body(resp, MAX_LIST_BYTES)
+                match outbound::read_body(resp, MAX_LIST_BYTES)
                     .await
                     .and_then(|body| decode_list(&body).map_err(|e| e.to_string()))
                 {
@@ -454,19 +454,6 @@ fn report_skipped(decoder: &WatchDecoder, dropped: &mut u64) {
     }
     if decoder.unreadable > 0 {
         debug!(lines = decoder.unreadable, "pod attribution: watch lines that were not events skipped");
-    }
-}
-
-/// The body of `resp`, refused when longer than `max` bytes.
-async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) if body.len() + chunk.len() <= max => body.extend_from_slice(&chunk),
-            Ok(Some(_)) => return Err(format!("longer than {} MiB", max >> 20)),
-            Ok(None) => return Ok(body),
-            Err(err) => return Err(err.without_url().to_string()),
-        }
     }
 }
 
