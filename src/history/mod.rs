@@ -308,8 +308,8 @@ pub struct DeviceCounters {
     /// and the baseline the driver continues from.
     pub(crate) suspect: [Option<u64>; 5],
     pub(crate) last_at_ms: Option<i64>,
-    /// The previous sample was held back as the all-zero glitch.
-    pub(crate) held_back: bool,
+    /// How many all-zero samples in a row have been held back (0: the last one was real).
+    pub(crate) held_back: u32,
     /// The exported packet counters (`ena_allowance_exceeded_packets_total`).
     pub packets: [u64; 5],
     /// The exported throttled seconds (`ena_allowance_exceeded_seconds_total`).

@@ -10,10 +10,13 @@
 //! * a value below the last one is a reset: the counter grows by the new value (what the
 //!   driver counted since the reset), and the reset is reported;
 //! * a sample in which every hardware statistic reads zero while the last good one did not is
-//!   held back: nothing is counted and the baseline is kept. If the next sample continues
-//!   from the baseline it was the glitch; if it is lower (zeros again included), it is a
-//!   reset, counted then from the kept baseline, so nothing is lost either way. Only one
-//!   sample in a row is ever held back;
+//!   held back: nothing is counted and the baseline is kept. The next sample with a value
+//!   decides, counter by counter: one that continues from the baseline was glitched, one
+//!   below it was reset and counts its new value, so nothing is lost or counted twice either
+//!   way. A failing admin queue can answer zeros several times in a row, so up to
+//!   [`GLITCH_RUN`] zero samples are glitches; zeros that last longer are reported as a reset
+//!   once (and the zero headroom exported), while the baseline is still kept for that
+//!   decision;
 //! * a jump larger than any ENA device can produce in the elapsed time is not counted, so one
 //!   corrupt read cannot add billions of drops: the baseline is kept, and the next sample
 //!   continues from whichever of the two values it follows.
@@ -26,6 +29,9 @@ use crate::history::DeviceCounters;
 /// More packets per second than any ENA device could queue or drop: 100 Gbit/s of minimum
 /// size frames is about 150 million; this leaves an order of magnitude of margin.
 pub(crate) const MAX_PLAUSIBLE_PER_SECOND: u64 = 2_000_000_000;
+
+/// All-zero samples in a row that are taken as the glitch; the next is a reset.
+pub(crate) const GLITCH_RUN: u32 = 5;
 
 /// The allowance values of one device in one sample: `None` where the driver lacks the stat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,12 +100,19 @@ impl DeviceCounters {
 
         let baseline_nonzero =
             self.baseline.iter().flatten().any(|&v| v != 0) || self.available.is_some_and(|v| v != 0);
-        if raw.all_zero() && baseline_nonzero && !self.held_back {
-            self.held_back = true;
-            up.glitch = true;
+        if raw.all_zero() && baseline_nonzero {
+            self.held_back = self.held_back.saturating_add(1);
+            if self.held_back <= GLITCH_RUN {
+                up.glitch = true;
+            } else if self.held_back == GLITCH_RUN + 1 {
+                // Zeros this long are the driver's state, not a failed read.
+                up.reset = self.baseline.map(|b| b.is_some_and(|v| v != 0));
+                self.available = raw.available;
+            }
             return up;
         }
-        self.held_back = false;
+        let reset_reported = self.held_back > GLITCH_RUN;
+        self.held_back = 0;
 
         let elapsed_ms = (at_ms - last_at_ms).max(0);
         let seconds = elapsed_ms as f64 / 1000.0;
@@ -124,7 +137,7 @@ impl DeviceCounters {
                 }
                 Some(before) if now >= before => now - before,
                 Some(_) => {
-                    up.reset[i] = true;
+                    up.reset[i] = !reset_reported;
                     now
                 }
             };
@@ -213,12 +226,47 @@ mod tests {
     #[test]
     fn zeros_that_persist_are_a_reset_not_a_glitch_forever() {
         let mut c = DeviceCounters::default();
-        c.update(0, &raw(1000, 0, Some(0)));
-        assert!(c.update(1000, &raw(0, 0, Some(0))).glitch);
-        let up = c.update(2000, &raw(0, 0, Some(0)));
-        assert!(!up.glitch && up.reset[LL], "the second zero sample is the reset");
-        assert_eq!(c.update(3000, &raw(6, 0, Some(0))).added[LL], 6);
+        c.update(0, &raw(1000, 0, Some(7)));
+        let mut at = 0;
+        for _ in 0..GLITCH_RUN {
+            at += 1000;
+            assert!(c.update(at, &raw(0, 0, Some(0))).glitch);
+        }
+        let up = c.update(at + 1000, &raw(0, 0, Some(0)));
+        assert!(!up.glitch && up.reset[LL], "the zero sample after the glitch run is the reset");
+        assert_eq!(c.available, Some(0), "zeros that last are the headroom");
+        let up = c.update(at + 2000, &raw(0, 0, Some(0)));
+        assert_eq!(up, Update::default(), "the reset is reported once");
+        let up = c.update(at + 3000, &raw(6, 0, Some(7)));
+        assert_eq!((up.added[LL], up.reset[LL]), (6, false));
         assert_eq!(c.packets[LL], 1006);
+    }
+
+    /// Regression: two all-zero samples in a row (a glitch at 28 s and 29 s in a generated
+    /// scenario) made the second the "reset", and the third, back at the real values,
+    /// counted every packet the device had ever dropped as new drops.
+    #[test]
+    fn a_run_of_glitches_then_the_real_values_counts_nothing() {
+        let mut c = DeviceCounters::default();
+        c.update(0, &raw(1000, 10, Some(5000)));
+        assert!(c.update(1000, &raw(0, 0, Some(0))).glitch);
+        assert!(c.update(2000, &raw(0, 0, Some(0))).glitch);
+        let up = c.update(3000, &raw(1002, 10, Some(5000)));
+        assert_eq!((up.added[LL], up.reset, up.glitch), (2, [false; 5], false));
+        assert_eq!(c.packets[LL], 1002);
+        assert_eq!(c.available, Some(5000));
+    }
+
+    #[test]
+    fn zeros_that_last_then_the_old_values_are_not_counted_again() {
+        let mut c = DeviceCounters::default();
+        c.update(0, &raw(1000, 0, Some(5000)));
+        for s in 1..=GLITCH_RUN + 3 {
+            c.update(i64::from(s) * 1000, &raw(0, 0, Some(0)));
+        }
+        let up = c.update(20_000, &raw(1004, 0, Some(5000)));
+        assert_eq!(up.added[LL], 4, "the counter continued from its value before the zeros");
+        assert_eq!(c.packets[LL], 1004);
     }
 
     #[test]
