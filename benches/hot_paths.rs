@@ -9,6 +9,14 @@
 //! history is written) or as ENA devices (10 stats, the six allowance stats among them, so
 //! every tick appends to the history and every native family has samples).
 //!
+//! And the DNS capture's per-packet path (issue 12), on hand-built packets:
+//!
+//! * `dns_parse_*`: decoding one captured packet, allocation-free (`Packet::parse`), beside the
+//!   simple-dns decoding it replaces (`Packet::parse` and the name as a `String`);
+//! * `dns_transaction*`: a query and its response through the transaction table with 10,000
+//!   others in flight, seen on one interface or, as usual, on two;
+//! * `dns_expire_idle`: the periodic expiry call when nothing is due.
+//!
 //! `cargo bench --bench hot_paths` runs them with divan (wall clock, per device). On a noisy
 //! machine, `bench/callgrind` counts instructions instead: it runs this binary under valgrind
 //! with `ENAWATCH_CALLGRIND=WHAT:N:ITERATIONS`, which runs only `measured` that many times.
@@ -25,6 +33,8 @@ use enawatch::history::{Point, Snapshot, Store};
 use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
+// The DNS decoder and transaction table are crate-private; `dns::bench` wraps them for here.
+use enawatch::source::dns::bench::{Packet, Table};
 use enawatch::source::{Device, Reading, Sample, Schema, Source};
 use regex_lite::Regex;
 
@@ -247,6 +257,166 @@ fn render_veth(bencher: Bencher, n: usize) {
 #[divan::bench(args = SIZES)]
 fn render_ena(bencher: Bencher, n: usize) {
     bench_render(bencher, Shape::Ena, n);
+}
+
+// === DNS ===
+
+/// A pod's lookup of a name down its search path, as the capture socket delivers it: IPv4,
+/// UDP, one question (a 41-byte name), no EDNS.
+const DNS_NAME: &str = "api.example.com.default.svc.cluster.local";
+
+/// An IPv4 packet with UDP, from `src` to `dst`.
+fn udp_packet(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, message: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(28 + message.len()).expect("small").to_be_bytes();
+    let mut ip = vec![0x45, 0, total[0], total[1], 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(&sport.to_be_bytes());
+    ip.extend_from_slice(&dport.to_be_bytes());
+    ip.extend_from_slice(&u16::try_from(8 + message.len()).expect("small").to_be_bytes());
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(message);
+    ip
+}
+
+/// The query, and its response: NXDOMAIN with the zone's SOA in the authority section, as
+/// CoreDNS answers a search-path candidate.
+fn dns_packets() -> (Vec<u8>, Vec<u8>) {
+    use simple_dns::rdata::{RData, SOA};
+    use simple_dns::{Name, Packet, Question, ResourceRecord, CLASS, QCLASS, QTYPE, RCODE, TYPE};
+    let name = Name::new(DNS_NAME).expect("valid");
+    let question = Question::new(name.clone(), QTYPE::TYPE(TYPE::A), QCLASS::CLASS(CLASS::IN), false);
+    let mut query = Packet::new_query(0x1234);
+    query.questions.push(question.clone());
+    let mut response = Packet::new_reply(0x1234);
+    *response.rcode_mut() = RCODE::NameError;
+    response.questions.push(question);
+    let soa = SOA {
+        mname: Name::new("ns.dns.cluster.local").expect("valid"),
+        rname: Name::new("hostmaster.cluster.local").expect("valid"),
+        serial: 1_700_000_000,
+        refresh: 7200,
+        retry: 1800,
+        expire: 86400,
+        minimum: 30,
+    };
+    let zone = Name::new("cluster.local").expect("valid");
+    response.name_servers.push(ResourceRecord::new(zone, CLASS::IN, 30, RData::SOA(soa)));
+    let (pod, service) = ([10, 1, 0, 10], [172, 20, 0, 10]);
+    (
+        udp_packet(pod, 40000, service, 53, &query.build_bytes_vec_compressed().expect("builds")),
+        udp_packet(service, 53, pod, 40000, &response.build_bytes_vec_compressed().expect("builds")),
+    )
+}
+
+/// What the simple-dns path did with a packet: skip the IPv4 and UDP headers, parse the whole
+/// message, render the first question's name as a lower-case `String`.
+fn simple_dns_decode(ip: &[u8]) -> Option<(u16, String, u16)> {
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    let packet = simple_dns::Packet::parse(ip.get(ihl + 8..)?).ok()?;
+    let question = packet.questions.first()?;
+    Some((packet.id(), question.qname.to_string().to_ascii_lowercase(), u16::from(question.qtype)))
+}
+
+/// Decoding a captured query (`Packet::parse`, the capture's `wire::parse`).
+#[divan::bench]
+fn dns_parse_query(bencher: Bencher) {
+    let (query, _) = dns_packets();
+    bencher.counter(BytesCount::new(query.len())).bench_local(|| Packet::parse(black_box(&query)).is_some());
+}
+
+/// Decoding a captured response.
+#[divan::bench]
+fn dns_parse_response(bencher: Bencher) {
+    let (_, response) = dns_packets();
+    bencher
+        .counter(BytesCount::new(response.len()))
+        .bench_local(|| Packet::parse(black_box(&response)).is_some());
+}
+
+/// Decoding the query the simple-dns way, for the ratio.
+#[divan::bench]
+fn dns_parse_query_simple_dns(bencher: Bencher) {
+    let (query, _) = dns_packets();
+    bencher.counter(BytesCount::new(query.len())).bench_local(|| simple_dns_decode(black_box(&query)));
+}
+
+/// Decoding the response the simple-dns way.
+#[divan::bench]
+fn dns_parse_response_simple_dns(bencher: Bencher) {
+    let (_, response) = dns_packets();
+    bencher.counter(BytesCount::new(response.len())).bench_local(|| simple_dns_decode(black_box(&response)));
+}
+
+/// Transactions in flight while the benchmarks run.
+const DNS_IN_FLIGHT: u16 = 10_000;
+/// A wall-clock time, in nanoseconds, as the kernel stamps packets.
+const DNS_T0: i64 = 1_700_000_000_000_000_000;
+
+/// A default-sized table with [`DNS_IN_FLIGHT`] transactions of other clients in flight, and
+/// the decoded query and response of the transaction each iteration runs.
+fn dns_table<'a>(query: &'a [u8], response: &'a [u8], timeout: Duration) -> (Table, Packet<'a>, Packet<'a>) {
+    let mut table = Table::new(timeout);
+    let client = Packet::parse(query).expect("decodes");
+    let r = Packet::parse(response).expect("decodes");
+    let mut q = client.clone();
+    for i in 0..DNS_IN_FLIGHT {
+        let [hi, lo] = i.to_be_bytes();
+        q.set_source(std::net::IpAddr::from([10, 2, hi, lo]));
+        table.query(&q, DNS_T0, 7, false);
+    }
+    assert_eq!(table.in_flight(), usize::from(DNS_IN_FLIGHT));
+    (table, client, r)
+}
+
+/// A query and its response, each seen once: `Table::query` then `Table::response`.
+#[divan::bench]
+fn dns_transaction(bencher: Bencher) {
+    let (query, response) = dns_packets();
+    let (mut table, mut q, mut r) = dns_table(&query, &response, Table::TIMEOUT);
+    let (mut at, mut id) = (DNS_T0, 0u16);
+    bencher.bench_local(move || {
+        at += 1_000;
+        id = id.wrapping_add(1);
+        q.set_id(id);
+        r.set_id(id);
+        table.query(black_box(&q), at, 7, false);
+        table.response(black_box(&r), at + 500)
+    });
+}
+
+/// A query seen on the pod's veth and leaving by the ENI, its response seen on both: the
+/// four packets of a typical lookup to an upstream off the node.
+#[divan::bench]
+fn dns_transaction_two_interfaces(bencher: Bencher) {
+    let (query, response) = dns_packets();
+    let (mut table, mut q, mut r) = dns_table(&query, &response, Table::TIMEOUT);
+    let (mut at, mut id) = (DNS_T0, 0u16);
+    bencher.counter(ItemsCount::new(4usize)).bench_local(move || {
+        at += 1_000;
+        id = id.wrapping_add(1);
+        q.set_id(id);
+        r.set_id(id);
+        table.query(black_box(&q), at, 7, false);
+        table.query(black_box(&q), at + 10, 2, true);
+        let done = table.response(black_box(&r), at + 500);
+        table.response(black_box(&r), at + 510);
+        done
+    });
+}
+
+/// `Table::expire` every 100 ms with 10,000 transactions in flight, none of them ever due (the
+/// timeout is longer than any run): the wheel buckets of 100 ms are walked, and once a turn of
+/// the wheel the 10,000 are looked at and left.
+#[divan::bench]
+fn dns_expire_idle(bencher: Bencher) {
+    let (query, response) = dns_packets();
+    let (mut table, _, _) = dns_table(&query, &response, Duration::MAX);
+    let mut now = DNS_T0;
+    bencher.bench_local(move || {
+        now += 100_000_000;
+        table.expire(now)
+    });
 }
 
 /// What `bench/callgrind` counts: `iterations` runs of one hot path, in a function of its own

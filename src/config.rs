@@ -69,9 +69,10 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub linklocal_meter: Option<bool>,
 
-    /// Decode DNS queries and responses on every interface: per-client rates, NXDOMAIN
-    /// ratios, top names and search-path amplification (`/api/v1/dns`). Needs CAP_NET_RAW.
-    /// Default: off.
+    /// Match every DNS query on the node to its response: lookups, failures and latency per
+    /// workload and upstream in /metrics, whether link-local throttling caused the failures,
+    /// per-client rates and search-path amplification (`/api/v1/dns`). Needs CAP_NET_RAW at
+    /// start. Default: off.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub dns_analysis: Option<bool>,
 
@@ -81,10 +82,38 @@ pub struct Settings {
     pub pod_attribution: Option<bool>,
 
     /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
-    /// comma-separated, at most 256. Default: the nameservers ending in .2 in
-    /// /etc/resolv.conf.
+    /// and the DNS analysis calls `upstream="vpc_resolver"`, comma-separated, at most 256.
+    /// Default: the nameservers ending in .2 in /etc/resolv.conf.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub vpc_resolvers: Option<Vec<String>>,
+
+    /// Addresses of NodeLocal DNSCache (`upstream="nodelocal"`), comma-separated.
+    /// Default: 169.254.20.10.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub nodelocal_dns: Option<Vec<String>>,
+
+    /// Addresses of the cluster's DNS, the kube-dns service and CoreDNS pods
+    /// (`upstream="cluster_dns"`), comma-separated. Default: 10.100.0.10 and 172.20.0.10, the
+    /// kube-dns service address of an EKS cluster in either default service range.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cluster_dns: Option<Vec<String>>,
+
+    /// How long a DNS query may wait for its response before it counts as unanswered
+    /// (`reason="timeout"`). Default: 5s, glibc's timeout per try.
+    #[arg(long, value_name = "DURATION")]
+    pub dns_timeout: Option<String>,
+
+    /// Workloads whose DNS lookups get series of their own (the busiest; the rest are
+    /// `workload="other"`), 1 to 200. Each costs up to 29 series. Default: 20.
+    #[arg(long, value_name = "N")]
+    pub dns_workloads: Option<usize>,
+
+    /// A file in the capture format (see `enawatch record`) whose latest sample adds
+    /// statistics to the live devices it names, read every tick; a device's own statistics
+    /// win. For a driver without the allowance counters whose values another tool knows, and
+    /// for a lab that emulates the ENA limiter (docs/testing.md). Default: none.
+    #[arg(long, value_name = "PATH")]
+    pub extra_stats: Option<String>,
 
     /// Log level: error, warn, info, debug or trace. Default: info.
     #[arg(long, value_name = "LEVEL")]
@@ -163,6 +192,10 @@ pub struct Config {
     pub linklocal: Option<crate::source::linklocal::Targets>,
     /// Analyse DNS traffic.
     pub dns_analysis: bool,
+    /// Statistics added to live devices from a file.
+    pub extra_stats: Option<std::path::PathBuf>,
+    /// How DNS traffic is analysed.
+    pub dns: crate::source::dns::Settings,
     /// Attribute DNS clients to pods.
     pub pod_attribution: bool,
     /// Local alert rules (the shipped alerts with overrides applied).
@@ -187,6 +220,9 @@ const MAX_ENI: usize = 256;
 /// Most `compat` entries (there are two families; a repeated one is harmless, a list of
 /// thousands is not a configuration).
 const MAX_COMPAT: usize = 16;
+/// Most addresses in `nodelocal_dns` and `cluster_dns` (each DNS transaction is compared
+/// with every one).
+const MAX_DNS_ADDRESSES: usize = 64;
 
 impl Settings {
     /// Reads a YAML config file.
@@ -217,6 +253,11 @@ impl Settings {
             dns_analysis: over.dns_analysis.or(self.dns_analysis),
             pod_attribution: over.pod_attribution.or(self.pod_attribution),
             vpc_resolvers: over.vpc_resolvers.or(self.vpc_resolvers),
+            nodelocal_dns: over.nodelocal_dns.or(self.nodelocal_dns),
+            cluster_dns: over.cluster_dns.or(self.cluster_dns),
+            dns_timeout: over.dns_timeout.or(self.dns_timeout),
+            dns_workloads: over.dns_workloads.or(self.dns_workloads),
+            extra_stats: over.extra_stats.or(self.extra_stats),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
             // Only the file has alerts and remote_write sections.
@@ -297,7 +338,7 @@ impl Settings {
             "json" => true,
             other => return Err(invalid("log_format", Some(other), "is not one of: text, json")),
         };
-        let linklocal = self.linklocal_targets()?;
+        let (linklocal, dns) = self.packet_settings()?;
         let alerts = self.alerts.clone().unwrap_or_default();
         let alert_rules = crate::alerts::rules_with(&alerts.rules)?;
         let receivers =
@@ -307,6 +348,8 @@ impl Settings {
             remote_write,
             linklocal,
             dns_analysis: self.dns_analysis.unwrap_or(false),
+            dns,
+            extra_stats: self.extra_stats.as_ref().map(std::path::PathBuf::from),
             pod_attribution: self.pod_attribution.unwrap_or(false),
             alert_rules,
             receivers,
@@ -344,8 +387,8 @@ impl Settings {
         Ok(())
     }
 
-    /// The link-local meter's targets, when the meter is on.
-    fn linklocal_targets(&self) -> Result<Option<crate::source::linklocal::Targets>, ConfigError> {
+    /// The VPC resolvers: as configured, or the `.2` nameservers of /etc/resolv.conf.
+    fn vpc_resolver_list(&self) -> Result<Vec<std::net::Ipv4Addr>, ConfigError> {
         use crate::source::linklocal::MAX_VPC_RESOLVERS;
         if let Some(list) = self.vpc_resolvers.as_ref().filter(|l| l.len() > MAX_VPC_RESOLVERS) {
             return Err(invalid(
@@ -357,21 +400,74 @@ impl Settings {
                 ),
             ));
         }
-        if !self.linklocal_meter.unwrap_or(false) {
-            return Ok(None);
-        }
-        let resolvers = match &self.vpc_resolvers {
+        Ok(match &self.vpc_resolvers {
             Some(list) => list
                 .iter()
                 .map(|a| {
                     a.trim().parse().map_err(|_| invalid("vpc_resolvers", Some(a), "is not an IPv4 address"))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            None => crate::source::linklocal::vpc_resolvers(
-                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            ),
+            // Only where it matters: the file is the host's, read once at start.
+            None if self.linklocal_meter.unwrap_or(false) || self.dns_analysis.unwrap_or(false) => {
+                crate::source::linklocal::vpc_resolvers(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                )
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// The link-local meter's targets (when it is on) and the DNS analysis's settings.
+    fn packet_settings(
+        &self,
+    ) -> Result<(Option<crate::source::linklocal::Targets>, crate::source::dns::Settings), ConfigError> {
+        let resolvers = self.vpc_resolver_list()?;
+        let linklocal =
+            self.linklocal_meter.unwrap_or(false).then(|| crate::source::linklocal::Targets::new(&resolvers));
+        Ok((linklocal, self.dns_settings(&resolvers)?))
+    }
+
+    /// The DNS analysis's settings.
+    fn dns_settings(
+        &self,
+        resolvers: &[std::net::Ipv4Addr],
+    ) -> Result<crate::source::dns::Settings, ConfigError> {
+        use crate::source::dns::families::Upstreams;
+        let addresses = |field: &'static str, list: &Option<Vec<String>>, default: &[&str]| {
+            let given: Vec<&str> =
+                list.as_ref().map_or_else(|| default.to_vec(), |l| l.iter().map(String::as_str).collect());
+            if given.len() > MAX_DNS_ADDRESSES {
+                return Err(ConfigError::too_long(field, given.len(), "addresses", MAX_DNS_ADDRESSES));
+            }
+            given
+                .iter()
+                .map(|a| a.trim().parse().map_err(|_| invalid(field, Some(a), "is not an IP address")))
+                .collect::<Result<Vec<std::net::IpAddr>, _>>()
         };
-        Ok(Some(crate::source::linklocal::Targets::new(&resolvers)))
+        let mut vpc_resolver: Vec<std::net::IpAddr> = vec![
+            "169.254.169.253".parse().expect("an address"),
+            "fd00:ec2::253".parse().expect("an address"),
+        ];
+        vpc_resolver.extend(resolvers.iter().map(|&a| std::net::IpAddr::V4(a)));
+        let upstreams = Upstreams {
+            vpc_resolver,
+            nodelocal: addresses("nodelocal_dns", &self.nodelocal_dns, &["169.254.20.10"])?,
+            cluster_dns: addresses("cluster_dns", &self.cluster_dns, &["10.100.0.10", "172.20.0.10"])?,
+        };
+        let timeout = duration("dns_timeout", self.dns_timeout.as_deref(), "5s")?;
+        if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(60) {
+            return Err(invalid("dns_timeout", self.dns_timeout.as_deref(), "is not between 100ms and 60s"));
+        }
+        let workloads = self.dns_workloads.unwrap_or(crate::source::dns::families::DEFAULT_SLOTS);
+        if !(1..=200).contains(&workloads) {
+            return Err(invalid("dns_workloads", Some(&workloads.to_string()), "is not between 1 and 200"));
+        }
+        Ok(crate::source::dns::Settings {
+            upstreams,
+            timeout,
+            workloads,
+            ..crate::source::dns::Settings::default()
+        })
     }
 }
 
@@ -402,7 +498,15 @@ impl Config {
             linklocal_meter: Some(self.linklocal.is_some()),
             dns_analysis: Some(self.dns_analysis),
             pod_attribution: Some(self.pod_attribution),
-            vpc_resolvers: self.linklocal.as_ref().map(crate::source::linklocal::Targets::resolvers),
+            // After 169.254.169.253 and fd00:ec2::253, the VPC's own.
+            vpc_resolvers: Some(
+                self.dns.upstreams.vpc_resolver.iter().skip(2).map(ToString::to_string).collect(),
+            ),
+            nodelocal_dns: Some(self.dns.upstreams.nodelocal.iter().map(ToString::to_string).collect()),
+            cluster_dns: Some(self.dns.upstreams.cluster_dns.iter().map(ToString::to_string).collect()),
+            dns_timeout: Some(HumanDuration(self.dns.timeout).to_string()),
+            dns_workloads: Some(self.dns.workloads),
+            extra_stats: self.extra_stats.as_ref().map(|p| p.display().to_string()),
             log_level: Some(self.log_level.to_string().to_lowercase()),
             log_format: Some(if self.log_json { "json" } else { "text" }.to_owned()),
             alerts: self.alerts.clone(),

@@ -277,7 +277,7 @@ fn script(input: &mut Input<'_>) -> VecDeque<Sample> {
     let mut script = VecDeque::new();
     while !input.is_empty() && script.len() < 16 {
         at_ms += 1 + i64::from(input.byte()) * 250;
-        let mut sample = Sample { at_ms, readings: Vec::new(), events: Vec::new() };
+        let mut sample = Sample { at_ms, ..Sample::default() };
         let actions = input.byte();
         for d in 0..DEVICES.len() {
             let name = DEVICES[d];
@@ -581,21 +581,50 @@ pub fn ethtool(data: &[u8]) {
 
 // === DNS and the link-local meter ===
 
-/// DNS packets through the capture socket's ingest path (`LiveSource::sample`): parse,
-/// observe, then the report as the API, the page and `diagnose` show it.
+/// DNS packets through the tap's ingest path: decoded, matched into transactions, expired,
+/// judged against throttled intervals, then the families and the report as `/metrics`, the
+/// API, the page and `diagnose` show them. Each packet comes with the interface, direction
+/// and time the input picks.
 pub fn dns(data: &[u8]) {
     let mut input = Input(data);
-    let mut stats = DnsStats::default();
+    let settings = dns::Settings {
+        upstreams: dns::families::Upstreams {
+            vpc_resolver: vec![Ipv4Addr::new(169, 254, 169, 253).into()],
+            nodelocal: vec![Ipv4Addr::new(169, 254, 20, 10).into()],
+            cluster_dns: vec![Ipv4Addr::new(10, 100, 0, 10).into()],
+        },
+        workloads: 4,
+        in_flight: 64,
+        ..dns::Settings::default()
+    };
+    let mut stats = DnsStats::new(settings, None);
     let mut now_ms: i64 = 1_700_000_000_000;
+    let watched: HashSet<u32> = [1, 2].into();
     while !input.is_empty() {
         now_ms += i64::from(input.byte()) * 37;
+        let mode = input.byte();
         let len = usize::from(input.u16() % 1600);
         let packet = input.bytes(len);
-        // The same two calls `LiveSource::sample` makes for each packet the socket drains.
-        if let Some(seen) = dns::parse_packet(packet) {
-            stats.observe(&seen, now_ms);
+        let frame = sys::packet::Frame {
+            data: packet,
+            ifindex: u32::from(mode % 3),
+            outgoing: mode & 4 != 0,
+            at_ns: now_ms * 1_000_000,
+        };
+        stats.ingest(frame);
+        if mode & 8 != 0 {
+            stats.expire(now_ms * 1_000_000);
         }
+        if mode & 16 != 0 {
+            stats.interval(u32::from(mode % 3), "ens5", now_ms - 1000, now_ms, mode & 32 != 0);
+            let _ = stats.tick(now_ms, &watched);
+        }
+        stats.check();
     }
+    stats.expire(now_ms.saturating_add(60_000) * 1_000_000);
+    stats.check();
+    let totals = stats.tick(now_ms.saturating_add(60_000), &watched);
+    assert!(totals.workloads.len() <= 5, "at most the slots and other");
     let report = stats.report(now_ms);
     let _ = report.to_text();
     serde_json::to_string(&report).expect("the report serializes");

@@ -601,7 +601,7 @@ fn series_of_a_vanished_device_leave_every_family_at_the_next_tick() {
     let mut at_ms = 1_700_000_000_000;
     let mut next = |readings: Vec<Reading>, events: Vec<Event>| {
         at_ms += 1000;
-        script.push_back(Sample { at_ms, readings, events });
+        script.push_back(Sample { at_ms, readings, events, ..Sample::default() });
     };
     next(vec![reading_of("ens5", 1), reading_of("pod-a", 1)], vec![]);
     let failed = |device: &str| Event::ReadFailed {
@@ -693,7 +693,7 @@ fn device_churn_logs_a_bounded_number_of_lines_and_a_summary() {
             events.push(Event::Vanished { device: format!("pod{}", t - 2) });
         }
         readings.sort_by(|a, b| a.device.name.cmp(&b.device.name));
-        script.push_back(Sample { at_ms: start + t * 1000, readings, events });
+        script.push_back(Sample { at_ms: start + t * 1000, readings, events, ..Sample::default() });
     }
     let store = Arc::new(Store::new(100));
     let log = logged(|| {

@@ -11,6 +11,13 @@ pub fn wall_ms() -> i64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Now, in Unix nanoseconds: the clock the kernel stamps captured packets with.
+pub fn wall_ns() -> i64 {
+    #[expect(clippy::disallowed_methods, reason = "the one place the wall clock is read")]
+    let now = SystemTime::now();
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:29:15.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));

@@ -130,13 +130,14 @@ pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
                 .to_owned(),
         );
     }
-    let dns = can_capture.then(|| Arc::new(Mutex::new(DnsStats::default())));
+    let dns = can_capture.then(|| Arc::new(Mutex::new(DnsStats::new(config.dns.clone(), None))));
     let selection = Selection {
         include: config.device_include.clone(),
         exclude: None,
         eni: config.eni.clone(),
         linklocal: if can_capture { config.linklocal.clone() } else { None },
         dns: dns.clone(),
+        extra_stats: config.extra_stats.clone(),
     };
     let source = LiveSource::new(selection, config.rediscover_interval, config.interval).map_err(|e| {
         Failure::Runtime(anyhow::Error::from(e).context("cannot open a socket for the ethtool ioctl"))
@@ -230,6 +231,26 @@ pub fn run(args: &DiagnoseArgs) -> Result<bool, Failure> {
         }
     }
     if let Some(report) = &dns {
+        for w in report.who_is_hurt.iter().filter(|w| w.failures() > 0) {
+            let cause = if w.throttled > 0 {
+                format!(
+                    "{} of them sent while the link-local allowance was dropping packets: that is the throttling. \
+                     Spread CoreDNS over more nodes, or use NodeLocal DNSCache.",
+                    w.throttled
+                )
+            } else {
+                "none while link-local packets were dropped: not this throttling.".to_owned()
+            };
+            verdict.push(format!(
+                "DNS lookups of {} failed: {} of {} ({} timed out, {} SERVFAIL, {} REFUSED); {cause}",
+                w.name(),
+                w.failures(),
+                w.queries,
+                w.timeouts,
+                w.servfail,
+                w.refused
+            ));
+        }
         for c in report.amplifying() {
             let a = c.amplification.as_ref().expect("amplifying");
             verdict.push(format!(

@@ -42,6 +42,8 @@ pub fn run(args: &RecordArgs) -> Result<(), Failure> {
         eni: config.eni.clone(),
         linklocal: config.linklocal.clone(),
         dns: None,
+        // A recording is what the driver reports.
+        extra_stats: None,
     };
     let mut source = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;

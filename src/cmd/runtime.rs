@@ -18,6 +18,7 @@ use crate::sampler::Sampler;
 use crate::source::capture;
 use crate::source::dns::DnsStats;
 use crate::source::live::{LiveSource, Selection};
+use crate::source::pods::Pods;
 use crate::source::replay::{Playback, ReplaySource};
 use crate::source::simulate::{Scenario, SimulatedSource};
 use crate::source::Source;
@@ -30,6 +31,8 @@ pub(crate) struct Chosen {
     pub what: String,
     /// The DNS analysis the source feeds, when on.
     pub dns: Option<Arc<Mutex<DnsStats>>>,
+    /// This node's pods by address, when pod attribution is on (the caller keeps it current).
+    pub pods: Option<Arc<Mutex<Pods>>>,
 }
 
 /// Builds the source the flags ask for: a replay, a simulation, or this host's interfaces.
@@ -46,6 +49,7 @@ pub(crate) fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen,
             source: Box::new(ReplaySource::new(capture, playback)),
             what: format!("replay of {}", path.display()),
             dns: None,
+            pods: None,
         });
     }
     if let Some(name) = &args.simulate {
@@ -54,19 +58,29 @@ pub(crate) fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen,
             source: Box::new(SimulatedSource::new(scenario)),
             what: format!("simulation {name}"),
             dns: None,
+            pods: None,
         });
     }
-    let dns = config.dns_analysis.then(|| Arc::new(Mutex::new(DnsStats::default())));
+    let pods = config.pod_attribution.then(|| Arc::new(Mutex::new(Pods::default())));
+    let dns =
+        config.dns_analysis.then(|| Arc::new(Mutex::new(DnsStats::new(config.dns.clone(), pods.clone()))));
     let selection = Selection {
         include: config.device_include.clone(),
         exclude: config.device_exclude.clone(),
         eni: config.eni.clone(),
         linklocal: config.linklocal.clone(),
         dns: dns.clone(),
+        extra_stats: config.extra_stats.clone(),
     };
     let live = LiveSource::new(selection, config.rediscover_interval, config.interval)
         .context("cannot open a socket for the ethtool ioctl")?;
-    Ok(Chosen { source: Box::new(live), what: "live".into(), dns })
+    // The packet sockets are open: nothing the agent does from here needs a capability. This
+    // thread is the only one so far (the tap's drops its own), so every thread started after
+    // this holds none.
+    if let Err(err) = crate::sys::caps::drop_all() {
+        tracing::warn!(error = %err, "cannot give up capabilities; running with those granted");
+    }
+    Ok(Chosen { source: Box::new(live), what: "live".into(), dns, pods })
 }
 
 /// Reads and parses a capture file (`-`: standard input); errors name the file and line.

@@ -2,7 +2,7 @@
 //! stopped on SIGTERM/SIGINT.
 
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tracing::{info, warn};
@@ -51,7 +51,8 @@ pub(crate) fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -
     } else {
         None
     };
-    let pods = attribution.as_ref().map(|_| Arc::new(Mutex::new(pods::Pods::default())));
+    // The table the DNS analysis already reads, when it does.
+    let pods = attribution.as_ref().map(|_| chosen.pods.clone().unwrap_or_default());
     let metrics = Options {
         compat: config.compat.clone(),
         interval: config.interval,

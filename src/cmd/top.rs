@@ -83,7 +83,17 @@ struct View<'a> {
 fn dns_lines(dns: Option<&Arc<Mutex<DnsStats>>>) -> Vec<String> {
     let Some(dns) = dns else { return Vec::new() };
     let report = dns.lock().unwrap_or_else(PoisonError::into_inner).report(crate::base::wall_ms());
-    let mut lines = vec![format!("DNS CLIENT                                 Q/S  NXDOMAIN  SEARCH PATH")];
+    let mut lines = Vec::new();
+    for w in report.who_is_hurt.iter().filter(|w| w.failures() > 0).take(3) {
+        lines.push(format!(
+            "LOOKUPS FAILING {:<32} {:>6} of {:<7} {} during link-local throttling",
+            w.name(),
+            w.failures(),
+            w.queries,
+            w.throttled
+        ));
+    }
+    lines.push("DNS CLIENT                                 Q/S  NXDOMAIN  SEARCH PATH".to_owned());
     for c in report.clients.iter().take(5) {
         let amp = c.amplification.as_ref().map_or_else(String::new, |a| {
             format!("x{} (ndots:{} saves {})", a.factor, a.recommended_ndots, a.would_save)

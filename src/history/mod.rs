@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::source::dns::families::Totals;
+use crate::source::tap::Dropped;
 use crate::source::{Device, ReadError, Schema};
 
 pub mod windows;
@@ -34,6 +36,10 @@ pub struct Snapshot {
     pub finished: bool,
     /// Local alerts: pending and firing, then recently resolved.
     pub alerts: Vec<Alert>,
+    /// Packets the capture rings could not hold since start, by socket.
+    pub capture_dropped: Dropped,
+    /// The DNS analysis's counters, when it is on.
+    pub dns: Option<Arc<Totals>>,
 }
 
 impl Snapshot {
@@ -48,6 +54,8 @@ impl Snapshot {
             missed_ticks: 0,
             finished: false,
             alerts: Vec::new(),
+            capture_dropped: [None; 2],
+            dns: None,
         }
     }
 }

@@ -18,7 +18,9 @@ use self::encode::{Encoder, Exposition, Format, Kind, Value};
 use self::telemetry::{NotifyStats, RemoteWriteStats};
 use crate::base::allowance::{Allowance, ALLOWANCE_STATS};
 use crate::history::{DeviceState, Snapshot, State, LINKLOCAL_BUCKETS};
+use crate::source::dns::families::{Reason, Totals, Upstream};
 use crate::source::linklocal::Service;
+use crate::source::tap::Socket;
 use crate::source::Schema;
 
 /// An opt-in compatibility family.
@@ -60,7 +62,7 @@ const fn family(name: &'static str, kind: Kind, labels: &'static str, help: &'st
 }
 
 /// The native families, in exposition order.
-pub const NATIVE_FAMILIES: [Family; 21] = [
+pub const NATIVE_FAMILIES: [Family; 27] = [
     family(
         "ena_allowance_exceeded_packets_total",
         Kind::Counter,
@@ -103,6 +105,36 @@ pub const NATIVE_FAMILIES: [Family; 21] = [
         "device",
         "Sampling intervals by their rate of packets to link-local services; with 1 s sampling, each observation is one second (with --linklocal-meter).",
     ),
+    family(
+        "ena_linklocal_dns_unanswered_total",
+        Kind::Counter,
+        "device",
+        "DNS queries to the VPC resolver that left through this ENI and got no response within the timeout (with --dns-analysis).",
+    ),
+    family(
+        "enawatch_dns_queries_total",
+        Kind::Counter,
+        "namespace, workload, upstream",
+        "DNS lookups (one per question, however many interfaces it crossed or tries it took) by client workload and upstream (vpc_resolver, nodelocal, cluster_dns, other); the busiest workloads by name, the rest as workload=\"other\" (with --dns-analysis).",
+    ),
+    family(
+        "enawatch_dns_failures_total",
+        Kind::Counter,
+        "namespace, workload, upstream, reason, throttled",
+        "DNS lookups that failed (reason: timeout, servfail, refused), and whether the link-local allowance was dropping packets when they were sent (throttled: true, false) (with --dns-analysis).",
+    ),
+    family(
+        "enawatch_dns_search_path_queries_total",
+        Kind::Counter,
+        "namespace, workload",
+        "DNS queries spent on search-path expansions answered NXDOMAIN before the name itself was answered (with --dns-analysis).",
+    ),
+    family(
+        "enawatch_dns_response_seconds",
+        Kind::Histogram,
+        "upstream",
+        "Time from a DNS query to its response, by upstream (with --dns-analysis).",
+    ),
     family("enawatch_build_info", Kind::Gauge, "version, revision", "enawatch build information."),
     family(
         "enawatch_read_errors_total",
@@ -140,6 +172,12 @@ pub const NATIVE_FAMILIES: [Family; 21] = [
         Kind::Counter,
         "device, reason",
         "Samples not counted (reason: glitch for the ENA all-zero read, implausible for impossible jumps).",
+    ),
+    family(
+        "enawatch_capture_dropped_packets_total",
+        Kind::Counter,
+        "socket",
+        "Packets the kernel could not hand to a capture because its ring was full (socket: dns, meter), from PACKET_STATISTICS: what the DNS analysis and the link-local meter undercount.",
     ),
     family(
         "enawatch_alerts",
@@ -309,6 +347,8 @@ pub(crate) fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
         e.sample(&format!("{name}_count"), &[("device", &d.device.name)], Value::Int(ll.count));
     }
 
+    dns(&mut e, snapshot.dns.as_deref(), &mut next);
+
     let name = next(&mut e);
     e.sample(name, &[("version", VERSION), ("revision", REVISION)], Value::Int(1));
 
@@ -334,6 +374,12 @@ pub(crate) fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
     for d in &snapshot.devices {
         for (reason, n) in [("glitch", d.glitches), ("implausible", d.implausible)] {
             e.sample(name, &[("device", &d.device.name), ("reason", reason)], Value::Int(n));
+        }
+    }
+    let name = next(&mut e);
+    for socket in Socket::ALL {
+        if let Some(n) = snapshot.capture_dropped[socket.index()] {
+            e.sample(name, &[("socket", socket.label())], Value::Int(n));
         }
     }
 
@@ -389,6 +435,63 @@ pub(crate) fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
         match c {
             Compat::Showmax => showmax(&mut e, snapshot),
             Compat::NodeExporter => node_exporter(&mut e, snapshot),
+        }
+    }
+}
+
+/// The DNS families, in [`NATIVE_FAMILIES`] order.
+fn dns<S: Sink>(e: &mut S, totals: Option<&Totals>, next: &mut impl FnMut(&mut S) -> &'static str) {
+    let empty = Totals::default();
+    let t = totals.unwrap_or(&empty);
+    let name = next(e);
+    for (device, n) in &t.unanswered {
+        e.sample(name, &[("device", device)], Value::Int(*n));
+    }
+    let name = next(e);
+    for ((namespace, workload), c) in &t.workloads {
+        for u in Upstream::ALL {
+            let labels = [("namespace", &**namespace), ("workload", &**workload), ("upstream", u.label())];
+            e.sample(name, &labels, Value::Int(c.queries[u.index()]));
+        }
+    }
+    let name = next(e);
+    for ((namespace, workload), c) in &t.workloads {
+        for u in Upstream::ALL {
+            for r in Reason::ALL {
+                for (throttled, n) in ["false", "true"].into_iter().zip(c.failures[u.index()][r.index()]) {
+                    // Only what happened: a workload that never failed costs no series.
+                    if n > 0 {
+                        let labels = [
+                            ("namespace", &**namespace),
+                            ("workload", &**workload),
+                            ("upstream", u.label()),
+                            ("reason", r.label()),
+                            ("throttled", throttled),
+                        ];
+                        e.sample(name, &labels, Value::Int(n));
+                    }
+                }
+            }
+        }
+    }
+    let name = next(e);
+    for ((namespace, workload), c) in &t.workloads {
+        e.sample(name, &[("namespace", namespace), ("workload", workload)], Value::Int(c.search_path));
+    }
+    let name = next(e);
+    if totals.is_some() {
+        let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
+        let mut bound = String::new();
+        for u in Upstream::ALL {
+            let h = &t.latency[u.index()];
+            for (le, n) in h.cumulative() {
+                bound.clear();
+                let _ = write!(bound, "{le}");
+                e.sample(&bucket, &[("upstream", u.label()), ("le", &bound)], Value::Int(n));
+            }
+            e.sample(&bucket, &[("upstream", u.label()), ("le", "+Inf")], Value::Int(h.count));
+            e.sample(&sum, &[("upstream", u.label())], Value::Float(h.sum));
+            e.sample(&count, &[("upstream", u.label())], Value::Int(h.count));
         }
     }
 }

@@ -180,6 +180,8 @@ impl Sampler {
                 missed_ticks: last.missed_ticks,
                 finished: true,
                 alerts: last.alerts.clone(),
+                capture_dropped: last.capture_dropped,
+                dns: last.dns.clone(),
             }));
             return None;
         };
@@ -244,6 +246,8 @@ impl Sampler {
             missed_ticks: self.missed_ticks,
             finished: false,
             alerts: Vec::new(),
+            capture_dropped: sample.capture_dropped,
+            dns: sample.dns,
         };
         if let Some(hook) = &mut self.hook {
             self.store.read_history(|h| hook.on_snapshot(&mut snapshot, h));
@@ -526,10 +530,10 @@ mod tests {
         };
         let ll = "linklocal_allowance_exceeded";
         let script = VecDeque::from([
-            Sample { at_ms: 0, readings: vec![with(&[ll], &[5])], events: vec![] },
+            Sample { at_ms: 0, readings: vec![with(&[ll], &[5])], ..Sample::default() },
             // The stat set grew, and the same read is the ENA all-zero glitch.
-            Sample { at_ms: 1000, readings: vec![with(&["x", ll], &[7, 0])], events: vec![] },
-            Sample { at_ms: 2000, readings: vec![with(&["x", ll], &[8, 6])], events: vec![] },
+            Sample { at_ms: 1000, readings: vec![with(&["x", ll], &[7, 0])], ..Sample::default() },
+            Sample { at_ms: 2000, readings: vec![with(&["x", ll], &[8, 6])], ..Sample::default() },
         ]);
         let settings =
             Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 10_000 };
@@ -550,16 +554,35 @@ mod tests {
     fn a_failing_device_keeps_its_series_is_counted_and_a_vanished_one_is_forgotten() {
         let at = |s: i64| s * 1000;
         let script = VecDeque::from([
-            Sample { at_ms: at(0), readings: vec![reading("ens5", 5), reading("ens6", 1)], events: vec![] },
-            Sample { at_ms: at(1), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
-            Sample { at_ms: at(2), readings: vec![reading("ens6", 1)], events: vec![failed("ens5")] },
-            Sample { at_ms: at(3), readings: vec![reading("ens5", 9), reading("ens6", 1)], events: vec![] },
+            Sample {
+                at_ms: at(0),
+                readings: vec![reading("ens5", 5), reading("ens6", 1)],
+                ..Sample::default()
+            },
+            Sample {
+                at_ms: at(1),
+                readings: vec![reading("ens6", 1)],
+                events: vec![failed("ens5")],
+                ..Sample::default()
+            },
+            Sample {
+                at_ms: at(2),
+                readings: vec![reading("ens6", 1)],
+                events: vec![failed("ens5")],
+                ..Sample::default()
+            },
+            Sample {
+                at_ms: at(3),
+                readings: vec![reading("ens5", 9), reading("ens6", 1)],
+                ..Sample::default()
+            },
             Sample {
                 at_ms: at(4),
                 readings: vec![reading("ens5", 9)],
                 events: vec![Event::Vanished { device: "ens6".into() }],
+                ..Sample::default()
             },
-            Sample { at_ms: at(20), readings: vec![reading("ens5", 9)], events: vec![] },
+            Sample { at_ms: at(20), readings: vec![reading("ens5", 9)], ..Sample::default() },
         ]);
         let store = Arc::new(Store::new(100));
         let settings =

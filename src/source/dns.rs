@@ -1,12 +1,18 @@
-//! DNS analysis: who on this node sends the DNS queries that eat the link-local budget, and
-//! how much of it is self-inflicted by the resolver search path.
+//! DNS analysis: who on this node sends DNS queries, which of their lookups failed or were
+//! slow, whether the link-local allowance was throttling when they did, and how much of the
+//! traffic is self-inflicted by the resolver search path.
 //!
-//! Packets come from an `AF_PACKET` socket on every interface whose BPF filter keeps UDP and
-//! TCP port 53 (see [`program`]); messages are decoded with `simple-dns`. Memory is bounded
-//! whatever the traffic: clients and names are kept in Space-Saving top-N tables (a client or
-//! name that is not among the busiest is evicted by the next newcomer, counts stay upper
-//! bounds), each client remembers only its last [`RECENT`] queries, and duplicates of a packet
-//! seen on two interfaces are dropped through a bounded set of recent message keys.
+//! Packets come from the [tap](super::tap)'s `AF_PACKET` socket on every interface, whose
+//! BPF filter keeps UDP and TCP port 53 (see [`program`]); each is decoded without
+//! allocating ([`wire`]) and matched into a transaction ([`transactions`]): one per question
+//! of a client, however many interfaces it crosses. A finished transaction is counted in the
+//! Prometheus families ([`families`]) under the client's workload and the upstream it asked,
+//! and, when it failed, judged throttled or not once the sampler has said whether its ENI's
+//! `linklocal_allowance_exceeded` grew in the interval the query was sent in.
+//!
+//! Memory is bounded whatever the traffic: the transaction table is allocated once; clients
+//! and names for the report are kept in Space-Saving top-N tables (see [`TopN`]), each client
+//! remembers only its last [`RECENT`] queries, and clients idle for [`CLIENT_IDLE_MS`] leave.
 //!
 //! **Search-path amplification.** With `ndots:5` and a search list, a resolver first tries a
 //! name with every search suffix appended (`example.com.default.svc.cluster.local`, …), each
@@ -14,14 +20,25 @@
 //! arrives, the client's recent NXDOMAIN queries for that name plus a suffix are counted as its
 //! chain: the amplification factor is the chain's queries over the queries the lookup needed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::Serialize;
-use simple_dns::{Packet, PacketFlag, RCODE};
 
-use crate::sys::packet::Instruction;
+use self::families::{Families, Reason, Throttling, Totals, Upstream, Upstreams, Workload};
+use self::transactions::{Done, Outcome, Sighting, Table};
+use self::wire::Name;
+use crate::source::pods::Pods;
+use crate::sys::packet::{Frame, Instruction};
+
+#[doc(hidden)]
+pub mod bench;
+pub mod families;
+pub(crate) mod transactions;
+pub(crate) mod wire;
 
 /// Clients kept (the busiest, Space-Saving).
 pub(crate) const CLIENTS: usize = 64;
@@ -29,93 +46,40 @@ pub(crate) const CLIENTS: usize = 64;
 pub(crate) const NAMES: usize = 8;
 /// Recent queries remembered per client, for search-path chains.
 pub(crate) const RECENT: usize = 64;
-/// Message keys remembered to drop the same packet seen on two interfaces.
-const SEEN: usize = 4096;
+/// A client silent this long leaves the report.
+pub(crate) const CLIENT_IDLE_MS: i64 = 300_000;
 /// A chain's queries all come within this long of its answer.
 const CHAIN_MS: i64 = 5_000;
-/// Bytes of each DNS packet kept by the kernel (a UDP message under EDNS's usual 1232 fits).
-pub(crate) const SNAPLEN: u32 = 1500;
+/// Bytes of each DNS packet kept by the kernel: the header and the question are all the
+/// analysis reads, and a question's name is at most 255 bytes.
+pub(crate) const SNAPLEN: u32 = 512;
+/// Failed lookups waiting to be judged throttled or not, at most: a minute of failures at
+/// 16,000 a second before the sampler reports the interval they were sent in. More are
+/// judged at once, as not throttled, and counted in `misjudged`.
+const PENDING: usize = 1 << 20;
 
-/// One decoded DNS message (its first question).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    /// Transaction id.
-    pub id: u16,
-    /// A response (QR set)?
-    pub response: bool,
-    /// Response code (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, …).
-    pub rcode: u8,
-    /// The question's name, lower case, without the trailing dot.
-    pub name: String,
-    /// The question's type (1 A, 28 AAAA, …).
-    pub qtype: u16,
+/// How the DNS analysis is set up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Which destination addresses are which upstream.
+    pub upstreams: Upstreams,
+    /// A try without a response for this long is unanswered.
+    pub timeout: Duration,
+    /// Workloads with series of their own.
+    pub workloads: usize,
+    /// Transactions tracked in flight, at most.
+    pub in_flight: usize,
 }
 
-/// Decodes a DNS message; `None` for anything malformed, truncated or hostile.
-pub(crate) fn decode(payload: &[u8]) -> Option<Message> {
-    let packet = Packet::parse(payload).ok()?;
-    let question = packet.questions.first()?;
-    let rcode = match packet.rcode() {
-        RCODE::NoError => 0,
-        RCODE::FormatError => 1,
-        RCODE::ServerFailure => 2,
-        RCODE::NameError => 3,
-        RCODE::NotImplemented => 4,
-        RCODE::Refused => 5,
-        _ => 15,
-    };
-    let mut name = question.qname.to_string().to_ascii_lowercase();
-    while name.ends_with('.') {
-        name.pop();
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            upstreams: Upstreams::default(),
+            timeout: transactions::TIMEOUT,
+            workloads: families::DEFAULT_SLOTS,
+            in_flight: transactions::CAPACITY,
+        }
     }
-    Some(Message {
-        id: packet.id(),
-        response: packet.has_flags(PacketFlag::RESPONSE),
-        rcode,
-        name,
-        qtype: u16::from(question.qtype),
-    })
-}
-
-/// A DNS message with its addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// Source address and port.
-    pub src: (IpAddr, u16),
-    /// Destination address and port.
-    pub dst: (IpAddr, u16),
-    /// The message.
-    pub message: Message,
-}
-
-/// Parses an IP packet (from its header on) carrying DNS over UDP or TCP.
-pub(crate) fn parse_packet(ip: &[u8]) -> Option<Seen> {
-    let (src, dst, proto, l4) = match ip.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let src = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?));
-            let dst = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(16..20)?).ok()?));
-            (src, dst, *ip.get(9)?, ip.get(ihl..)?)
-        }
-        6 => {
-            let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?));
-            let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(24..40)?).ok()?));
-            (src, dst, *ip.get(6)?, ip.get(40..)?)
-        }
-        _ => return None,
-    };
-    let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
-    let (sport, dport) = (port(0)?, port(2)?);
-    let payload = match proto {
-        17 => l4.get(8..)?,
-        6 => {
-            // TCP: the segment's data starts with the message's 2-byte length.
-            let offset = usize::from(*l4.get(12)? >> 4) * 4;
-            l4.get(offset + 2..)?
-        }
-        _ => return None,
-    };
-    Some(Seen { src: (src, sport), dst: (dst, dport), message: decode(payload)? })
 }
 
 /// The classic BPF program of the DNS capture: UDP or TCP, either port 53, IPv4 or IPv6.
@@ -151,11 +115,21 @@ pub fn program() -> Vec<Instruction> {
 }
 
 /// A Space-Saving top-N table: at most `cap` keys; a newcomer replaces the smallest count and
-/// inherits it (so counts are upper bounds, and the heavy hitters are never lost).
+/// inherits it, so the heavy hitters are never lost: a key counted more than the smallest
+/// kept count is always in the table. Each entry also keeps what it inherited (`error`), so
+/// `count - error` is an exact count of what it was seen doing since it was taken in.
 #[derive(Clone, Debug)]
 pub(crate) struct TopN<K, V> {
     cap: usize,
-    items: Vec<(K, u64, V)>,
+    items: Vec<Entry<K, V>>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry<K, V> {
+    key: K,
+    count: u64,
+    error: u64,
+    value: V,
 }
 
 impl<K: PartialEq + Clone, V: Default> TopN<K, V> {
@@ -166,40 +140,44 @@ impl<K: PartialEq + Clone, V: Default> TopN<K, V> {
 
     /// Counts one occurrence of `key`; returns its value for updating.
     pub(crate) fn hit(&mut self, key: &K) -> &mut V {
-        let i = if let Some(i) = self.items.iter().position(|(k, _, _)| k == key) {
+        let i = if let Some(i) = self.items.iter().position(|e| e.key == *key) {
             i
         } else if self.items.len() < self.cap {
-            self.items.push((key.clone(), 0, V::default()));
+            self.items.push(Entry { key: key.clone(), count: 0, error: 0, value: V::default() });
             self.items.len() - 1
         } else {
-            let (i, _) = self.items.iter().enumerate().min_by_key(|(_, (_, c, _))| *c).expect("non-empty");
-            self.items[i].0 = key.clone();
-            self.items[i].2 = V::default();
+            let (i, _) = self.items.iter().enumerate().min_by_key(|(_, e)| e.count).expect("non-empty");
+            let e = &mut self.items[i];
+            (e.key, e.error, e.value) = (key.clone(), e.count, V::default());
             i
         };
-        self.items[i].1 += 1;
-        &mut self.items[i].2
+        self.items[i].count += 1;
+        &mut self.items[i].value
     }
 
     /// The value of `key`, if kept.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.items.iter_mut().find(|(k, _, _)| k == key).map(|(_, _, v)| v)
+        self.items.iter_mut().find(|e| e.key == *key).map(|e| &mut e.value)
     }
 
-    /// Entries by count, largest first.
+    /// Drops the entries `keep` says no to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.items.retain(|e| keep(&e.value));
+    }
+
+    /// Entries by count, largest first, with the exact count since each was taken in.
     pub fn top(&self) -> Vec<(&K, u64, &V)> {
-        let mut v: Vec<_> = self.items.iter().map(|(k, c, v)| (k, *c, v)).collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.1));
-        v
+        let mut v: Vec<&Entry<K, V>> = self.items.iter().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.count));
+        v.into_iter().map(|e| (&e.key, e.count - e.error, &e.value)).collect()
     }
 }
 
 #[derive(Clone, Debug)]
 struct Recent {
-    name: String,
+    name: Name,
     qtype: u16,
     at_ms: i64,
-    id: u16,
     rcode: Option<u8>,
     counted: bool,
 }
@@ -211,71 +189,240 @@ pub(crate) struct Client {
     responses: u64,
     nxdomain: u64,
     servfail: u64,
-    names: Option<TopN<String, ()>>,
+    unanswered: u64,
+    names: Option<TopN<Name, ()>>,
     recent: VecDeque<Recent>,
     /// Queries per second over the last minute: (second, count) buckets.
     seconds: VecDeque<(i64, u32)>,
+    /// When it was first and last seen, Unix ms.
+    first_ms: i64,
+    last_ms: i64,
     lookups: u64,
     chain_queries: u64,
     needed_queries: u64,
     dots: Vec<usize>,
 }
 
-/// The DNS analysis state.
+/// A failed lookup waiting for the sampler to report the interval it was sent in.
 #[derive(Clone, Debug)]
+struct Failed {
+    workload: Workload,
+    upstream: Upstream,
+    reason: Reason,
+    eni: Option<String>,
+    sent_ms: i64,
+}
+
+/// The DNS analysis state.
+#[derive(Debug)]
 pub struct DnsStats {
+    settings: Settings,
+    table: Table,
+    families: Families,
+    throttling: Throttling,
+    pending: VecDeque<Failed>,
+    /// Failed lookups judged before their interval was known (the queue was full).
+    unjudged: u64,
+    /// The node's workload (and every client's, without pod attribution).
+    node: Workload,
+    /// Pod attribution, when on: client addresses become workloads.
+    pods: Option<Arc<Mutex<Pods>>>,
+    /// Workloads by client address, valid for `pods_generation`.
+    workloads: HashMap<IpAddr, Workload>,
+    pods_generation: u64,
+    /// Watched ENIs' names by interface index (the sampler keeps it current).
+    enis: HashMap<u32, String>,
     clients: TopN<IpAddr, Client>,
-    seen: HashSet<(IpAddr, u16, u16, bool)>,
-    seen_order: VecDeque<(IpAddr, u16, u16, bool)>,
     queries: u64,
     responses: u64,
     rcodes: [u64; 16],
-    duplicates: u64,
+    /// Packets on port 53 that were not a DNS message the analysis reads.
+    undecodable: u64,
     /// Packets the kernel could not queue (the ring was full).
     pub dropped: u64,
+    /// Finished transactions handed over by the table, reused.
+    done: Vec<Done>,
 }
 
 impl Default for DnsStats {
     fn default() -> Self {
-        Self {
-            clients: TopN::new(CLIENTS),
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
-            queries: 0,
-            responses: 0,
-            rcodes: [0; 16],
-            duplicates: 0,
-            dropped: 0,
-        }
+        Self::new(Settings::default(), None)
     }
 }
 
 impl DnsStats {
-    /// Takes one message seen at `at_ms`.
-    pub(crate) fn observe(&mut self, seen: &Seen, at_ms: i64) {
-        let m = &seen.message;
-        let (client, port) = if m.response { seen.dst } else { seen.src };
-        let key = (client, port, m.id, m.response);
-        if !self.seen.insert(key) {
-            self.duplicates += 1;
+    /// An analysis set up by `settings`, attributing clients to workloads through `pods`.
+    pub fn new(settings: Settings, pods: Option<Arc<Mutex<Pods>>>) -> Self {
+        Self {
+            table: Table::new(settings.in_flight, settings.timeout),
+            families: Families::new(settings.workloads),
+            settings,
+            throttling: Throttling::default(),
+            pending: VecDeque::new(),
+            unjudged: 0,
+            node: (Arc::from(""), Arc::from("")),
+            pods,
+            workloads: HashMap::new(),
+            pods_generation: u64::MAX,
+            enis: HashMap::new(),
+            clients: TopN::new(CLIENTS),
+            queries: 0,
+            responses: 0,
+            rcodes: [0; 16],
+            undecodable: 0,
+            dropped: 0,
+            done: Vec::new(),
+        }
+    }
+
+    /// Takes one captured packet.
+    pub(crate) fn ingest(&mut self, frame: Frame<'_>) {
+        let Some(d) = wire::parse(frame.data) else {
+            self.undecodable += 1;
+            return;
+        };
+        let at_ms = frame.at_ns.div_euclid(1_000_000);
+        if d.response {
+            if let Some(done) = self.table.response(&d, frame.at_ns) {
+                self.finish(done, Some(&d.name));
+            }
             return;
         }
-        self.seen_order.push_back(key);
-        if self.seen_order.len() > SEEN {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
+        // A query the full table could not track is still a query: counted, its outcome
+        // unknown (the table counts it as overflow).
+        if !matches!(
+            self.table.query(&d, frame.at_ns, frame.ifindex, frame.outgoing),
+            Sighting::New | Sighting::Overflow
+        ) {
+            return;
+        }
+        self.queries += 1;
+        let client = d.src.0;
+        let workload = self.workload(client);
+        self.families.query(&workload, self.settings.upstreams.classify(d.dst.0), at_ms);
+        self.clients.hit(&client).query(&d.name, d.qtype, at_ms);
+    }
+
+    /// Declares the transactions whose time is up unanswered; call it often (the tap does,
+    /// every few milliseconds).
+    pub(crate) fn expire(&mut self, now_ns: i64) {
+        let mut done = std::mem::take(&mut self.done);
+        self.table.expire(now_ns, |d| done.push(d));
+        for d in done.drain(..) {
+            self.finish(d, None);
+        }
+        self.done = done;
+    }
+
+    /// Panics unless the transaction table's structures agree (tests and fuzzing).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn check(&self) {
+        self.table.check_invariants();
+    }
+
+    /// Counts a finished transaction; `name` is its question's, from the response that ended
+    /// it (`None` when it expired).
+    fn finish(&mut self, done: Done, name: Option<&Name>) {
+        let upstream = self.settings.upstreams.classify(done.server);
+        let workload = self.workload(done.client);
+        let sent_ms = done.sent_ns.div_euclid(1_000_000);
+        let eni = done.egress.and_then(|i| self.enis.get(&i)).cloned();
+        let reason = match done.outcome {
+            Outcome::Answered { latency_ns, rcode } => {
+                self.responses += 1;
+                self.rcodes[usize::from(rcode.min(15))] += 1;
+                #[expect(clippy::cast_precision_loss, reason = "latencies are far below 2^52 ns")]
+                self.families.answered(upstream, latency_ns as f64 / 1e9);
+                let at_ms = sent_ms.saturating_add(i64::try_from(latency_ns / 1_000_000).unwrap_or(i64::MAX));
+                if let (Some(c), Some(name)) = (self.clients.get_mut(&done.client), name) {
+                    let tried = c.response(name, done.qtype, rcode, at_ms);
+                    if tried > 0 {
+                        self.families.search_path(&workload, tried);
+                    }
+                }
+                Reason::of_rcode(rcode)
+            }
+            Outcome::Unanswered => {
+                if let Some(c) = self.clients.get_mut(&done.client) {
+                    c.unanswered += 1;
+                }
+                if upstream == Upstream::VpcResolver {
+                    if let Some(eni) = &eni {
+                        self.families.unanswered(eni);
+                    }
+                }
+                Some(Reason::Timeout)
+            }
+        };
+        if let Some(reason) = reason {
+            let failed = Failed { workload, upstream, reason, eni, sent_ms };
+            if sent_ms <= self.throttling.known_until_ms {
+                self.judge(&failed);
+            } else if self.pending.len() < PENDING {
+                self.pending.push_back(failed);
+            } else {
+                self.unjudged += 1;
+                self.families.failure(&failed.workload, upstream, reason, false);
             }
         }
-        if m.response {
-            self.responses += 1;
-            self.rcodes[usize::from(m.rcode.min(15))] += 1;
-            if let Some(c) = self.clients.get_mut(&client) {
-                c.response(m, at_ms);
-            }
-        } else {
-            self.queries += 1;
-            self.clients.hit(&client).query(m, at_ms);
+    }
+
+    fn judge(&mut self, f: &Failed) {
+        // A query to the VPC resolver was throttled if its own ENI dropped link-local packets
+        // then; one to a resolver on the node or in the cluster fails because that resolver's
+        // forwards were dropped, which on this node shows on any ENI.
+        let eni = if f.upstream == Upstream::VpcResolver { f.eni.as_deref() } else { None };
+        let throttled = self.throttling.throttled(eni, f.sent_ms);
+        self.families.failure(&f.workload, f.upstream, f.reason, throttled);
+    }
+
+    /// The workload of a client address: its pod's, or the node's (the node itself, a
+    /// host-network pod, any address that is not a pod of this node, or every client without
+    /// pod attribution).
+    fn workload(&mut self, client: IpAddr) -> Workload {
+        let Some(pods) = &self.pods else { return self.node.clone() };
+        let pods = pods.lock().unwrap_or_else(PoisonError::into_inner);
+        if pods.generation != self.pods_generation || self.workloads.len() > 4 * CLIENTS * NAMES {
+            self.workloads.clear();
+            self.pods_generation = pods.generation;
         }
+        self.workloads
+            .entry(client)
+            .or_insert_with(|| {
+                pods.lookup(&client.to_string()).map_or_else(|| self.node.clone(), |p| {
+                    let name = p
+                        .workload
+                        .as_deref()
+                        .map_or(p.pod.as_str(), |w| w.split_once('/').map_or(w, |x| x.1));
+                    (Arc::from(p.namespace.as_str()), Arc::from(name))
+                })
+            })
+            .clone()
+    }
+
+    /// One sampling interval (from, to] of a watched ENI: whether its
+    /// `linklocal_allowance_exceeded` grew.
+    pub(crate) fn interval(&mut self, ifindex: u32, eni: &str, from_ms: i64, to_ms: i64, grew: bool) {
+        if self.enis.get(&ifindex).is_none_or(|n| n != eni) {
+            self.enis.insert(ifindex, eni.to_owned());
+        }
+        self.throttling.interval(eni, from_ms, to_ms, grew);
+    }
+
+    /// Every watched ENI's interval up to `to_ms` has been reported, and `watched` are the
+    /// ENIs now: judges the failures sent until then, and returns the families' counters.
+    pub(crate) fn tick(&mut self, to_ms: i64, watched: &HashSet<u32>) -> Totals {
+        self.enis.retain(|i, _| watched.contains(i));
+        let names: HashSet<&String> = self.enis.values().collect();
+        self.families.keep_enis(|e| names.iter().any(|n| n.as_str() == e));
+        self.throttling.known_until(to_ms);
+        while self.pending.front().is_some_and(|f| f.sent_ms <= to_ms) {
+            let f = self.pending.pop_front().expect("checked");
+            self.judge(&f);
+        }
+        self.families.review(to_ms);
+        self.clients.retain(|c| to_ms - c.last_ms < CLIENT_IDLE_MS);
+        self.families.totals()
     }
 
     /// A summary for the API, the page and `diagnose`.
@@ -287,22 +434,25 @@ impl DnsStats {
             .map(|(addr, queries, c)| {
                 let recent: u32 =
                     c.seconds.iter().filter(|(s, _)| *s > now_ms / 1000 - 60).map(|(_, n)| *n).sum();
+                // Over the seconds it was actually watched, up to the last minute.
+                let watched = ((now_ms - c.first_ms) / 1000 + 1).clamp(1, 60);
                 let factor =
                     if c.needed_queries > 0 { c.chain_queries as f64 / c.needed_queries as f64 } else { 1.0 };
                 ClientReport {
                     client: addr.to_string(),
                     queries,
-                    qps_1m: f64::from(recent) / 60.0,
+                    qps_1m: f64::from(recent) / watched as f64,
                     nxdomain_ratio: if c.responses > 0 {
                         c.nxdomain as f64 / c.responses as f64
                     } else {
                         0.0
                     },
                     servfail: c.servfail,
+                    unanswered: c.unanswered,
                     top_names: c
                         .names
                         .as_ref()
-                        .map(|n| n.top().into_iter().map(|(k, n, ())| (k.clone(), n)).collect())
+                        .map(|n| n.top().into_iter().map(|(k, n, ())| (k.to_string(), n)).collect())
                         .unwrap_or_default(),
                     amplification: (c.lookups > 0).then(|| Amplification {
                         lookups: c.lookups,
@@ -315,12 +465,45 @@ impl DnsStats {
                 }
             })
             .collect();
+        let t = self.table.counters();
+        let mut hurt: Vec<WorkloadReport> = self
+            .families
+            .totals()
+            .workloads
+            .into_iter()
+            .filter(|(_, c)| c.queries.iter().sum::<u64>() > 0)
+            .map(|((namespace, workload), c)| {
+                let failed = |r: Reason, throttled: usize| -> u64 {
+                    c.failures.iter().map(|u| u[r.index()][throttled]).sum()
+                };
+                let by_reason = |r: Reason| failed(r, 0) + failed(r, 1);
+                WorkloadReport {
+                    namespace: namespace.to_string(),
+                    workload: workload.to_string(),
+                    queries: c.queries.iter().sum(),
+                    timeouts: by_reason(Reason::Timeout),
+                    servfail: by_reason(Reason::Servfail),
+                    refused: by_reason(Reason::Refused),
+                    throttled: Reason::ALL.iter().map(|r| failed(*r, 1)).sum(),
+                    search_path: c.search_path,
+                }
+            })
+            .collect();
+        hurt.sort_by_key(|w| std::cmp::Reverse((w.failures(), w.queries)));
         DnsReport {
+            who_is_hurt: hurt,
             queries: self.queries,
             responses: self.responses,
             nxdomain: self.rcodes[3],
             servfail: self.rcodes[2],
-            duplicates: self.duplicates,
+            unanswered: t.unanswered,
+            in_flight: self.table.in_flight() as u64,
+            duplicates: t.copies + t.duplicate_responses,
+            retransmissions: t.retransmissions,
+            overflow: t.overflow,
+            unmatched: t.unmatched_responses,
+            undecodable: self.undecodable,
+            unjudged: self.unjudged,
             dropped: self.dropped,
             clients,
         }
@@ -328,10 +511,14 @@ impl DnsStats {
 }
 
 impl Client {
-    fn query(&mut self, m: &Message, at_ms: i64) {
+    fn query(&mut self, name: &Name, qtype: u16, at_ms: i64) {
+        if self.queries == 0 {
+            self.first_ms = at_ms;
+        }
         self.queries += 1;
-        self.names.get_or_insert_with(|| TopN::new(NAMES)).hit(&m.name);
-        let second = at_ms / 1000;
+        self.last_ms = at_ms;
+        self.names.get_or_insert_with(|| TopN::new(NAMES)).hit(name);
+        let second = at_ms.div_euclid(1000);
         match self.seconds.back_mut() {
             Some((s, n)) if *s == second => *n += 1,
             _ => self.seconds.push_back((second, 1)),
@@ -342,53 +529,47 @@ impl Client {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(Recent {
-            name: m.name.clone(),
-            qtype: m.qtype,
-            at_ms,
-            id: m.id,
-            rcode: None,
-            counted: false,
-        });
+        self.recent.push_back(Recent { name: name.clone(), qtype, at_ms, rcode: None, counted: false });
     }
 
-    fn response(&mut self, m: &Message, at_ms: i64) {
+    /// Takes the answer to one of its queries; returns the search-path queries it ends (the
+    /// NXDOMAIN expansions of the name this answer is for).
+    fn response(&mut self, name: &Name, qtype: u16, rcode: u8, at_ms: i64) -> u64 {
         self.responses += 1;
-        match m.rcode {
+        match rcode {
             2 => self.servfail += 1,
             3 => self.nxdomain += 1,
             _ => {}
         }
-        if let Some(q) = self.recent.iter_mut().rev().find(|q| q.id == m.id && q.name == m.name) {
-            q.rcode = Some(m.rcode);
+        if let Some(q) = self.recent.iter_mut().rev().find(|q| q.qtype == qtype && q.name == *name) {
+            q.rcode = Some(rcode);
         }
-        if m.rcode != 0 {
-            return;
+        if rcode != 0 {
+            return 0;
         }
         // An answer for a name: its search-path chain is every recent NXDOMAIN for the name
         // plus a suffix, and the queries for the name itself.
-        let prefix = format!("{}.", m.name);
+        let name = name.as_str();
+        let expansion = |q: &Recent| {
+            let n = q.name.as_str();
+            q.rcode == Some(3)
+                && n.len() > name.len() + 1
+                && n.starts_with(name)
+                && n.as_bytes()[name.len()] == b'.'
+        };
         let window = |q: &Recent| at_ms - q.at_ms <= CHAIN_MS && !q.counted;
-        let tried: usize = self
-            .recent
-            .iter()
-            .filter(|q| window(q) && q.rcode == Some(3) && q.name.starts_with(&prefix))
-            .count();
+        let tried = self.recent.iter().filter(|q| window(q) && expansion(q)).count();
         if tried == 0 {
-            return;
+            return 0;
         }
         // The lookup needs one query per record type the resolver asks for (A, and AAAA too
         // when it asks both, as the suffixed queries show).
-        let mut types: HashSet<u16> = self
-            .recent
-            .iter()
-            .filter(|q| window(q) && q.rcode == Some(3) && q.name.starts_with(&prefix))
-            .map(|q| q.qtype)
-            .collect();
-        types.insert(m.qtype);
+        let mut types: HashSet<u16> =
+            self.recent.iter().filter(|q| window(q) && expansion(q)).map(|q| q.qtype).collect();
+        types.insert(qtype);
         let needed = types.len();
         for q in self.recent.iter_mut().filter(|q| at_ms - q.at_ms <= CHAIN_MS && !q.counted) {
-            if q.name == m.name || (q.rcode == Some(3) && q.name.starts_with(&prefix)) {
+            if q.name.as_str() == name || expansion(q) {
                 q.counted = true;
             }
         }
@@ -397,8 +578,9 @@ impl Client {
         self.needed_queries += needed as u64;
         // ndots that would have sent this name out absolute first: its number of dots.
         if self.dots.len() < 16 {
-            self.dots.push(m.name.matches('.').count());
+            self.dots.push(name.matches('.').count());
         }
+        tried as u64
     }
 }
 
@@ -413,12 +595,67 @@ pub struct DnsReport {
     pub nxdomain: u64,
     /// SERVFAIL responses.
     pub servfail: u64,
-    /// Copies of a message seen on a second interface (ignored).
+    /// Queries that got no response within the timeout.
+    pub unanswered: u64,
+    /// Queries waiting for their response now.
+    pub in_flight: u64,
+    /// Copies of a message seen on a further interface (one transaction, counted once).
     pub duplicates: u64,
-    /// Packets the capture could not keep up with.
+    /// Queries sent again by their client (one transaction, counted once).
+    pub retransmissions: u64,
+    /// Queries not tracked (their outcome unknown) because the in-flight table was full.
+    pub overflow: u64,
+    /// Responses to no query seen.
+    pub unmatched: u64,
+    /// Port-53 packets that were not a DNS message read here.
+    pub undecodable: u64,
+    /// Failed lookups counted as not throttled before the interval they were sent in was
+    /// known (too many waited).
+    pub unjudged: u64,
+    /// Packets the kernel could not queue for the analysis (its ring was full).
     pub dropped: u64,
     /// The busiest clients, busiest first.
     pub clients: Vec<ClientReport>,
+    /// Lookups and failures by workload (those with series of their own, then `other`), the
+    /// most failures first.
+    pub who_is_hurt: Vec<WorkloadReport>,
+}
+
+/// One workload's lookups, as `/metrics` counts them.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadReport {
+    /// Namespace ("" for the node, or without pod attribution).
+    pub namespace: String,
+    /// Workload (`other` for the rest).
+    pub workload: String,
+    /// Lookups.
+    pub queries: u64,
+    /// Lookups unanswered within the timeout.
+    pub timeouts: u64,
+    /// Lookups answered SERVFAIL.
+    pub servfail: u64,
+    /// Lookups answered REFUSED.
+    pub refused: u64,
+    /// Failed lookups sent while the link-local allowance was dropping packets.
+    pub throttled: u64,
+    /// Queries spent on search-path expansions answered NXDOMAIN.
+    pub search_path: u64,
+}
+
+impl WorkloadReport {
+    /// Failed lookups, whatever the reason.
+    pub fn failures(&self) -> u64 {
+        self.timeouts + self.servfail + self.refused
+    }
+
+    /// `namespace/workload`, or what it stands for.
+    pub fn name(&self) -> String {
+        match (self.namespace.as_str(), self.workload.as_str()) {
+            ("", "") => "the node (not a pod)".to_owned(),
+            ("", w) => w.to_owned(),
+            (n, w) => format!("{n}/{w}"),
+        }
+    }
 }
 
 /// One client.
@@ -426,14 +663,16 @@ pub struct DnsReport {
 pub struct ClientReport {
     /// Source address of its queries.
     pub client: String,
-    /// Queries (an upper bound once clients are evicted).
+    /// Queries since it entered the table of the busiest clients (exact).
     pub queries: u64,
-    /// Queries per second over the last minute.
+    /// Queries per second over the last minute (or the seconds since it was first seen).
     pub qps_1m: f64,
     /// Share of its responses that were NXDOMAIN.
     pub nxdomain_ratio: f64,
     /// SERVFAIL responses.
     pub servfail: u64,
+    /// Its queries that got no response within the timeout.
+    pub unanswered: u64,
     /// Its most queried names, with counts.
     pub top_names: Vec<(String, u64)>,
     /// Search-path amplification, when seen.
@@ -467,17 +706,31 @@ impl DnsReport {
     /// The human-readable form.
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "DNS: {} queries, {} responses ({} NXDOMAIN, {} SERVFAIL)\n",
-            self.queries, self.responses, self.nxdomain, self.servfail
+            "DNS: {} queries, {} responses ({} NXDOMAIN, {} SERVFAIL), {} unanswered\n",
+            self.queries, self.responses, self.nxdomain, self.servfail, self.unanswered
         );
+        for w in self.who_is_hurt.iter().filter(|w| w.failures() > 0).take(10) {
+            let _ = writeln!(
+                s,
+                "  lookups failing: {:<40} {} of {} ({} timeouts, {} SERVFAIL, {} REFUSED), {} during link-local throttling",
+                w.name(),
+                w.failures(),
+                w.queries,
+                w.timeouts,
+                w.servfail,
+                w.refused,
+                w.throttled
+            );
+        }
         for c in self.clients.iter().take(10) {
             let _ = write!(
                 s,
-                "  {:<39} {:>6} queries  {:>6.1}/s  NXDOMAIN {:>3.0}%",
+                "  {:<39} {:>6} queries  {:>6.1}/s  NXDOMAIN {:>3.0}%  unanswered {}",
                 c.client,
                 c.queries,
                 c.qps_1m,
-                c.nxdomain_ratio * 100.0
+                c.nxdomain_ratio * 100.0,
+                c.unanswered
             );
             if let Some(a) = &c.amplification {
                 let _ = write!(s, "  search path x{} ({} queries would be saved)", a.factor, a.would_save);

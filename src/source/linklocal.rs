@@ -4,14 +4,14 @@
 //! `fd00:ec2::254`) and Time Sync (`169.254.169.123`, `fd00:ec2::123`) — so the headroom is
 //! visible before the `linklocal_allowance_exceeded` counter starts to move.
 //!
-//! Mechanism: one `AF_PACKET` socket per device with a classic BPF filter that accepts only
-//! *outgoing* packets *to those addresses*, truncated to their first 64 bytes. The kernel runs
-//! the filter on every packet of the device; user space receives only the matches, which the
-//! allowance itself caps at about 1024 a second per ENI, and drains them once per tick. The
-//! alternatives cost more for this job: counting in netfilter needs `CAP_NET_ADMIN` and writes
+//! Mechanism: one `AF_PACKET` socket on every interface with a classic BPF filter that accepts
+//! only *outgoing* packets *to those addresses*, truncated to their first 64 bytes. The kernel
+//! runs the filter on every packet; user space receives only the matches, each tagged with its
+//! interface, read as they arrive by the [tap](super::tap) (the ENA limiter drops after the
+//! packet has left the node, so storms arrive at full rate). The alternatives cost more for this job: counting in netfilter needs `CAP_NET_ADMIN` and writes
 //! to the node's firewall; eBPF needs `CAP_BPF` and a loader; reading every packet in user
-//! space would cost a syscall per packet of all traffic. The meter needs only `CAP_NET_RAW`, and
-//! only when enabled.
+//! space would cost a syscall per packet of all traffic. The meter needs only `CAP_NET_RAW`, only
+//! when enabled, and only at start.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -7,9 +7,9 @@
 //! a device is first watched and again only when its stat count changes.
 //!
 //! Devices are read by name, so one deleted and re-created under the same name between two
-//! discoveries reads on. The link-local meter's socket is bound to an interface index,
-//! though: when that interface is gone (the kernel unbinds the socket), discovery runs at
-//! once and the meter follows the new interface.
+//! discoveries reads on. The link-local meter and the DNS analysis are fed by the [`Tap`]'s
+//! sockets on every interface, opened here at start; the meter's counts are taken per tick
+//! by interface index.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,9 +20,10 @@ use regex_lite::Regex;
 use tracing::{debug, info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
-use crate::base::allowance::ENA_DRIVER;
+use crate::base::allowance::{Allowance, ENA_DRIVER};
 use crate::source::dns::{self, DnsStats};
 use crate::source::linklocal::Targets;
+use crate::source::tap::{Sockets, Tap};
 use crate::sys::packet::{Instruction, PacketSocket, Ring};
 use crate::sys::{self, Ethtool, IfName, Read, StatsBuffer};
 
@@ -39,6 +40,8 @@ pub(crate) struct Selection {
     pub linklocal: Option<Targets>,
     /// Analyse DNS traffic on every interface into this (needs `CAP_NET_RAW`).
     pub dns: Option<Arc<Mutex<DnsStats>>>,
+    /// A capture-format file whose latest sample adds statistics to the devices it names.
+    pub extra_stats: Option<std::path::PathBuf>,
 }
 
 impl Selection {
@@ -77,10 +80,14 @@ pub(crate) struct LiveSource {
     /// admin-queue command to the device); warned once.
     fast_interval: Option<Duration>,
     first_discovery: bool,
-    /// The meter's BPF program, while the meter is on.
-    meter_program: Option<Vec<Instruction>>,
-    /// The DNS capture (every interface) and where its analysis goes.
-    dns: Option<(PacketSocket, Arc<Mutex<DnsStats>>)>,
+    /// The thread reading the meter's and the DNS analysis's sockets, when either is on.
+    tap: Option<Tap>,
+    /// The link-local meter is on: every watched device's reading carries its counts.
+    metering: bool,
+    /// The DNS analysis the tap feeds, when its socket is open.
+    dns: Option<Arc<Mutex<DnsStats>>>,
+    /// Statistics added from `Selection::extra_stats`, by device, as last read.
+    extra: HashMap<String, Vec<(String, u64)>>,
     /// What discovery found out for the next sample to say (a watched device gone).
     pending: Vec<Event>,
 }
@@ -115,13 +122,26 @@ struct Watched {
     schema: Option<Arc<Schema>>,
     /// Set when the driver has no statistics at all; such a device is listed, not read.
     no_stats: bool,
-    /// The link-local meter's socket on this device.
-    meter: Option<PacketSocket>,
+    /// The last `linklocal_allowance_exceeded` read, and when: the DNS analysis asks whether
+    /// it grew in each interval.
+    linklocal_exceeded: Option<(i64, u64)>,
 }
 
 impl LiveSource {
-    /// Opens the ethtool socket; devices are discovered on the first sample.
+    /// Opens the ethtool socket and the packet sockets the selection asks for (those need
+    /// `CAP_NET_RAW`, which the caller may give up once this returns); devices are
+    /// discovered on the first sample.
     pub fn new(selection: Selection, rediscover_every: Duration, interval: Duration) -> io::Result<Self> {
+        let meter = selection.linklocal.as_ref().and_then(|targets| {
+            open_capture(&targets.program(), Ring::METER, "the link-local meter")
+                .map(|s| (s, targets.clone()))
+        });
+        let dns = selection.dns.as_ref().and_then(|stats| {
+            open_capture(&dns::program(), Ring::DNS, "the DNS analysis").map(|s| (s, Arc::clone(stats)))
+        });
+        let metering = meter.is_some();
+        let dns_on = dns.as_ref().map(|(_, stats)| Arc::clone(stats));
+        let tap = if metering || dns.is_some() { Some(Tap::start(Sockets { meter, dns })?) } else { None };
         Ok(Self {
             ethtool: Ethtool::open()?,
             rediscover_every,
@@ -132,14 +152,10 @@ impl LiveSource {
             layouts: Layouts { empty: Arc::new(Schema::new(Vec::new())), known: Vec::new() },
             fast_interval: (interval < Duration::from_secs(1)).then_some(interval),
             first_discovery: true,
-            meter_program: selection.linklocal.as_ref().map(Targets::program),
-            dns: selection.dns.as_ref().and_then(|stats| match PacketSocket::open(0, &dns::program(), Ring::DNS) {
-                Ok(socket) => Some((socket, Arc::clone(stats))),
-                Err(err) => {
-                    warn!(error = %err, "the DNS analysis needs CAP_NET_RAW; it is off, everything else keeps working");
-                    None
-                }
-            }),
+            tap,
+            metering,
+            dns: dns_on,
+            extra: HashMap::new(),
             selection,
             pending: Vec::new(),
         })
@@ -180,13 +196,6 @@ impl LiveSource {
                 }
                 continue;
             }
-            let meter = match self.open_meter(&link.name, link.index) {
-                Meter::On(socket) => Some(socket),
-                Meter::Off => None,
-                // Gone between the listing and now: nothing to watch (a re-created device
-                // this was vanishes below).
-                Meter::Gone => continue,
-            };
             // Same name, new index: the interface was re-created; start it afresh.
             if let Some(at) = recreated.iter().position(|name| *name == link.name) {
                 recreated.swap_remove(at);
@@ -215,7 +224,7 @@ impl LiveSource {
                 device,
                 schema: None,
                 no_stats: false,
-                meter,
+                linklocal_exceeded: None,
             });
         }
         // Re-created as an interface no longer selected (or gone again): it vanishes.
@@ -251,37 +260,6 @@ impl LiveSource {
         self.first_discovery = false;
     }
 
-    /// Opens the link-local meter on a device; turns the meter off (once, with one log
-    /// line) when the process may not open packet sockets.
-    fn open_meter(&mut self, name: &str, index: u32) -> Meter {
-        let Some(program) = self.meter_program.as_ref() else { return Meter::Off };
-        match PacketSocket::open(index, program, Ring::METER) {
-            Ok(socket) => Meter::On(socket),
-            Err(err) if ReadError::from_io(&err) == ReadError::NoDevice => Meter::Gone,
-            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
-                warn!(
-                    error = %err,
-                    "the link-local meter needs CAP_NET_RAW (add it to the container, or run as root); \
-                     it is off, everything else keeps working"
-                );
-                self.meter_program = None;
-                Meter::Off
-            }
-            Err(err) => {
-                warn!(device = name, error = %err, "cannot meter link-local traffic on this device");
-                Meter::Off
-            }
-        }
-    }
-
-    /// Whether a metered device's interface is gone since discovery: the kernel unbinds the
-    /// socket of an interface it unregisters.
-    fn meter_lost(&self) -> bool {
-        self.watched
-            .iter()
-            .any(|w| w.meter.as_ref().is_some_and(|m| m.bound_index().ok() != i32::try_from(w.index).ok()))
-    }
-
     /// Reads the stat names of `w`; `false` when there is nothing to read this tick.
     fn load_schema(
         ethtool: &Ethtool,
@@ -304,13 +282,24 @@ impl LiveSource {
     }
 }
 
-/// What opening the meter on a device came to.
-enum Meter {
-    On(PacketSocket),
-    /// The meter is off, or cannot run on this device.
-    Off,
-    /// The device is gone.
-    Gone,
+/// Opens a packet socket on every interface for `what`; `None` (with one log line) when the
+/// process may not, so everything else keeps working.
+fn open_capture(program: &[Instruction], ring: Ring, what: &str) -> Option<PacketSocket> {
+    match PacketSocket::open(0, program, ring) {
+        Ok(socket) => Some(socket),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+            warn!(
+                error = %err,
+                "{what} needs CAP_NET_RAW at start (add it to the container, or run as root); \
+                 it is off, everything else keeps working"
+            );
+            None
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot open the packet socket of {what}; it is off");
+            None
+        }
+    }
 }
 
 /// What one device's read came to.
@@ -326,19 +315,10 @@ impl LiveSource {
         ethtool: &Ethtool,
         buf: &mut StatsBuffer,
         layouts: &mut Layouts,
-        targets: &Targets,
+        linklocal: Option<[u32; 3]>,
         w: &mut Watched,
     ) -> Outcome {
         let device = Arc::clone(&w.device);
-        let linklocal = w.meter.as_mut().map(|socket| {
-            let mut counts = [0u32; 3];
-            socket.drain(|packet| {
-                if let Some(s) = targets.classify(packet) {
-                    counts[s.index()] = counts[s.index()].saturating_add(1);
-                }
-            });
-            counts
-        });
         let reading = |schema: Arc<Schema>, values: &[u64]| {
             Outcome::Read(Reading { device: Arc::clone(&device), schema, values: values.into(), linklocal })
         };
@@ -391,26 +371,36 @@ impl LiveSource {
 impl Source for LiveSource {
     fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let mut sample = Sample { at_ms: now_ms, ..Sample::default() };
-        if let Some((socket, stats)) = &mut self.dns {
-            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-            socket.drain(|packet| {
-                if let Some(seen) = dns::parse_packet(packet) {
-                    stats.observe(&seen, now_ms);
-                }
-            });
-            stats.dropped += u64::from(socket.dropped().unwrap_or(0));
-        }
-        if Instant::now() >= self.next_discovery || self.meter_lost() {
+        let metered = self.tap.as_ref().map(Tap::take_metered).unwrap_or_default();
+        // Link-local packets from an interface discovery has not seen (one re-created under a
+        // watched name, say) are worth a discovery now rather than at the next period.
+        if Instant::now() >= self.next_discovery || metered.keys().any(|i| !self.drivers.contains_key(i)) {
             self.discover();
             self.next_discovery = Instant::now() + self.rediscover_every;
         }
         sample.events.append(&mut self.pending);
-        let (ethtool, buf, layouts) = (&self.ethtool, &mut self.buf, &mut self.layouts);
-        let no_targets = Targets::new(&[]);
-        let targets = self.selection.linklocal.as_ref().unwrap_or(&no_targets);
+        if let Some(tap) = &self.tap {
+            sample.capture_dropped = tap.dropped();
+        }
+        if let Some(path) = &self.selection.extra_stats {
+            self.extra = read_extra(path);
+        }
+        let (ethtool, buf, layouts, metering) =
+            (&self.ethtool, &mut self.buf, &mut self.layouts, self.metering);
+        let extra = &self.extra;
+        let mut dns = self.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner));
         self.watched.retain_mut(|w| {
-            match Self::read_one(ethtool, buf, layouts, targets, w) {
-                Outcome::Read(r) => sample.readings.push(r),
+            let linklocal = metering.then(|| metered.get(&w.index).copied().unwrap_or_default());
+            match Self::read_one(ethtool, buf, layouts, linklocal, w) {
+                Outcome::Read(mut r) => {
+                    if let Some(stats) = extra.get(&w.device.name) {
+                        add_stats(layouts, &mut r, stats);
+                    }
+                    if let Some(dns) = &mut dns {
+                        report_interval(dns, w, &r, now_ms);
+                    }
+                    sample.readings.push(r);
+                }
                 Outcome::Nothing => {}
                 Outcome::Event(e) => sample.events.push(e),
                 Outcome::Gone => {
@@ -420,8 +410,56 @@ impl Source for LiveSource {
             }
             true
         });
+        if let Some(dns) = &mut dns {
+            let watched = self.watched.iter().map(|w| w.index).collect();
+            sample.dns = Some(Arc::new(dns.tick(now_ms, &watched)));
+        }
         Some(sample)
     }
+}
+
+/// The latest sample of the extra-statistics file, by device; empty (with a debug line)
+/// when it cannot be read, so a writer replacing it is never fatal.
+fn read_extra(path: &std::path::Path) -> HashMap<String, Vec<(String, u64)>> {
+    const LIMIT: u64 = 1024 * 1024;
+    let origin = path.display().to_string();
+    let parsed = crate::base::file::read_bounded_text(path, LIMIT)
+        .map_err(|e| e.to_string())
+        .and_then(|text| super::capture::parse(&text, &origin, "eth0", 0).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(capture) => capture
+            .samples
+            .into_iter()
+            .last()
+            .map(|s| s.devices.into_iter().map(|d| (d.name, d.stats)).collect())
+            .unwrap_or_default(),
+        Err(err) => {
+            debug!(file = %origin, error = %err, "extra statistics not read this tick");
+            HashMap::new()
+        }
+    }
+}
+
+/// Appends to `r` the statistics of `extra` its driver does not report.
+fn add_stats(layouts: &mut Layouts, r: &mut Reading, extra: &[(String, u64)]) {
+    let added: Vec<&(String, u64)> = extra.iter().filter(|(n, _)| !r.schema.names.contains(n)).collect();
+    if added.is_empty() {
+        return;
+    }
+    let names = r.schema.names.iter().cloned().chain(added.iter().map(|(n, _)| n.clone())).collect();
+    r.schema = layouts.intern(names);
+    r.values = r.values.iter().copied().chain(added.iter().map(|(_, v)| *v)).collect();
+}
+
+/// Tells the DNS analysis whether `w`'s `linklocal_allowance_exceeded` grew since its last
+/// reading.
+fn report_interval(dns: &mut DnsStats, w: &mut Watched, r: &Reading, now_ms: i64) {
+    let Some(k) = r.schema.index.exceeded[Allowance::Linklocal.index()] else { return };
+    let Some(&value) = r.values.get(k) else { return };
+    if let Some((from_ms, last)) = w.linklocal_exceeded {
+        dns.interval(w.index, &w.device.name, from_ms, now_ms, value > last);
+    }
+    w.linklocal_exceeded = Some((now_ms, value));
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod live;
 pub mod pods;
 pub mod replay;
 pub mod simulate;
+pub mod tap;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -50,6 +51,10 @@ pub struct Sample {
     pub readings: Vec<Reading>,
     /// What went wrong or changed this tick, per device.
     pub events: Vec<Event>,
+    /// Packets the capture rings could not hold since start, by socket.
+    pub capture_dropped: tap::Dropped,
+    /// The DNS analysis's counters, when it is on.
+    pub dns: Option<Arc<dns::families::Totals>>,
 }
 
 /// One device's statistics at one instant.

@@ -44,13 +44,14 @@ pub struct Pods {
     by_ip: HashMap<String, PodRef>,
     /// Pods on the host network (their address is the node's).
     host_network: Vec<PodRef>,
+    /// Changes with every change of the table, so a reader may cache lookups.
+    pub generation: u64,
 }
 
 impl Pods {
-    /// Who `ip` is: a pod, or (for a host-network address) the node.
-    #[cfg(test)]
-    fn lookup(&self, ip: &str) -> Option<PodRef> {
-        self.by_ip.get(ip).cloned()
+    /// The pod at `ip`, if it is one of this node's (host-network pods have the node's).
+    pub fn lookup(&self, ip: &str) -> Option<&PodRef> {
+        self.by_ip.get(ip)
     }
 
     /// The table, for the API.
@@ -62,6 +63,7 @@ impl Pods {
 
     /// Applies one pod as listed or watched (`ADDED`, `MODIFIED`, `DELETED`).
     pub fn apply(&mut self, kind: &str, pod: &Pod) {
+        self.generation += 1;
         let Some(r) = pod.reference() else { return };
         let ips: Vec<String> =
             pod.status.pod_ips.iter().map(|p| p.ip.clone()).chain(pod.status.pod_ip.clone()).collect();
@@ -371,7 +373,11 @@ pub async fn run(access: ApiAccess, pods: Arc<Mutex<Pods>>) {
                     .and_then(|body| decode_list(&body).map_err(|e| e.to_string()))
                 {
                     Ok((table, n, version)) => {
-                        *pods.lock().unwrap_or_else(PoisonError::into_inner) = table;
+                        let mut held = pods.lock().unwrap_or_else(PoisonError::into_inner);
+                        let generation = held.generation + 1;
+                        *held = table;
+                        held.generation = generation;
+                        drop(held);
                         if std::mem::take(&mut rejected) > 0 {
                             info!("pod attribution: the API accepts the service account token again");
                         }

@@ -409,7 +409,7 @@ impl SimulatedSource {
                 }
             })
             .collect();
-        Sample { at_ms, readings, events: Vec::new() }
+        Sample { at_ms, readings, ..Sample::default() }
     }
 }
 

@@ -7,8 +7,12 @@
 //! * [`list_links`]: one `RTM_GETLINK` netlink dump, which names every interface of the
 //!   network namespace with its alternative names (where `eni-…` altnames live).
 //!
+//! And two for the packet captures: [`packet`] sockets, which only `CAP_NET_RAW` may open,
+//! and [`caps`], which gives that capability up once they are open.
+//!
 //! Everything above this module is safe code working on the plain values returned here.
 
+pub mod caps;
 mod netlink;
 pub mod packet;
 

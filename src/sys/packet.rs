@@ -1,5 +1,5 @@
-//! `AF_PACKET` sockets filtered in the kernel by a classic BPF program: the link-local meter's
-//! view of one interface.
+//! `AF_PACKET` sockets filtered in the kernel by a classic BPF program: what the link-local
+//! meter and the DNS analysis see of every interface.
 //!
 //! The kernel runs the filter on every packet of the interface and copies only what it
 //! accepts (truncated to the length it returns) into a ring of frames shared with user space
@@ -49,6 +49,35 @@ struct TpacketReq {
 
 const BLOCK_SIZE: usize = 64 * 1024;
 
+/// Where the kernel puts the packet's `sockaddr_ll` in a frame: right after the header,
+/// aligned (`TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`).
+const ADDR_OFFSET: usize = size_of::<Tpacket2Hdr>().next_multiple_of(16);
+
+/// One packet from a ring.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Frame<'a> {
+    /// The bytes the filter kept, from the network header on.
+    pub data: &'a [u8],
+    /// The interface it crossed.
+    pub ifindex: u32,
+    /// Sent by this host (`PACKET_OUTGOING`), rather than received.
+    pub outgoing: bool,
+    /// When the kernel saw it: Unix time in nanoseconds.
+    pub at_ns: i64,
+}
+
+/// Waits until one of `sockets` has a packet in its ring, or `timeout` passes.
+pub(crate) fn wait(sockets: &[&PacketSocket], timeout: std::time::Duration) {
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd { fd: s.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a live array of as many pollfd as passed. An error (EINTR) is a
+    // spurious wake-up, which the caller's loop tolerates.
+    unsafe { libc::poll(fds.as_mut_ptr(), libc::nfds_t::try_from(fds.len()).unwrap_or(0), ms) };
+}
+
 /// The shape of a receive ring.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ring {
@@ -60,10 +89,12 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// The link-local meter's: 4,096 frames of 256 bytes, 4 seconds at 1024 packets a second.
+    /// The link-local meter's: 4,096 frames of 256 bytes (1 MiB), read every few
+    /// milliseconds, so bursts far above the 1024 packets a second of an ENI fit.
     pub(crate) const METER: Ring = Ring { frame_size: 256, frames: 4096 };
-    /// The DNS capture's: 2,048 frames of 2 KiB.
-    pub const DNS: Ring = Ring { frame_size: 2048, frames: 2048 };
+    /// The DNS capture's: 4,096 frames of 1 KiB (4 MiB), each holding the 512 bytes of a
+    /// message the analysis reads.
+    pub const DNS: Ring = Ring { frame_size: 1024, frames: 4096 };
 
     fn bytes(self) -> usize {
         self.frame_size * self.frames
@@ -180,13 +211,13 @@ impl PacketSocket {
         Ok(socket)
     }
 
-    /// Reads every packet waiting in the ring, calling `each` with the bytes the filter kept
-    /// (from the network header on); returns how many there were.
+    /// Reads the packets waiting in the ring, at most one lap, calling `each` with each one;
+    /// returns how many there were.
     #[expect(
         clippy::cast_ptr_alignment,
         reason = "frames start at multiples of FRAME_SIZE in a page-aligned mapping"
     )]
-    pub(crate) fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
+    pub(crate) fn drain(&mut self, mut each: impl FnMut(Frame<'_>)) -> usize {
         let mut n = 0;
         // At most one lap: frames the kernel fills meanwhile wait for the next call.
         let Ring { frame_size, frames } = self.shape;
@@ -202,13 +233,19 @@ impl PacketSocket {
                 break;
             }
             // SAFETY: the kernel has handed this frame to user space (TP_STATUS_USER): its
-            // header and the `snaplen` bytes at `net` are written and stay still until the
-            // status is set back to TP_STATUS_KERNEL.
+            // header, the link-layer address after it and the `snaplen` bytes at `net` are
+            // written and stay still until the status is set back to TP_STATUS_KERNEL.
             let packet = unsafe {
                 let hdr = &*frame.cast::<Tpacket2Hdr>();
+                let addr = &*frame.add(ADDR_OFFSET).cast::<libc::sockaddr_ll>();
                 let start = usize::from(hdr.net).min(frame_size);
                 let len = usize::try_from(hdr.snaplen).unwrap_or(0).min(frame_size - start);
-                std::slice::from_raw_parts(frame.add(start), len)
+                Frame {
+                    data: std::slice::from_raw_parts(frame.add(start), len),
+                    ifindex: u32::try_from(addr.sll_ifindex).unwrap_or(0),
+                    outgoing: addr.sll_pkttype == libc::PACKET_OUTGOING,
+                    at_ns: i64::from(hdr.sec) * 1_000_000_000 + i64::from(hdr.nsec),
+                }
             };
             each(packet);
             status.store(TP_STATUS_KERNEL, Ordering::Release);
@@ -216,18 +253,6 @@ impl PacketSocket {
             n += 1;
         }
         n
-    }
-
-    /// The index of the interface the socket is bound to now: the kernel sets it to -1 when
-    /// that interface is unregistered (`packet_notifier`), so a socket whose interface was
-    /// deleted (and perhaps re-created under the same name, with a new index) says so here.
-    pub(crate) fn bound_index(&self) -> io::Result<i32> {
-        // SAFETY: an all-zero sockaddr_ll is valid; the kernel fills it in.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = u32::try_from(size_of::<libc::sockaddr_ll>()).expect("small");
-        // SAFETY: `addr` and `len` are valid for the call and `len` is `addr`'s size.
-        check(unsafe { libc::getsockname(self.fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) })?;
-        Ok(addr.sll_ifindex)
     }
 
     /// Packets the kernel dropped because the ring was full, since the last call

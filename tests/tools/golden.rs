@@ -14,6 +14,7 @@ use enawatch::history::Store;
 use enawatch::metrics::encode::Format;
 use enawatch::metrics::{render, Compat, Options};
 use enawatch::sampler::{Sampler, Settings};
+use enawatch::source::dns::families::{Counts, Histogram, Totals};
 use enawatch::source::{Device, Reading, Sample, Schema};
 
 use crate::support::check_golden;
@@ -66,6 +67,22 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
     let eth1 = device("eth1", "2.8.0", None);
     let zeros = vec![0u64; ens5_schema.names.len()];
 
+    // The DNS analysis: one workload with lookups to the VPC resolver, two of them lost
+    // while ens5 dropped link-local packets, search-path waste; the rest of the node's.
+    let mut counts = Counts { queries: [40, 0, 12, 0], search_path: 6, ..Counts::default() };
+    counts.failures[0][0] = [0, 2];
+    let mut latency = Histogram::default();
+    latency.buckets[20] = 50; // le="0.0156": fifty answers in about 15 ms
+    latency.count = 50;
+    latency.sum = 0.7;
+    let dns = Arc::new(Totals {
+        workloads: vec![
+            ((Arc::from("shop"), Arc::from("web")), counts),
+            ((Arc::from(""), Arc::from("other")), Counts { queries: [3, 0, 0, 1], ..Counts::default() }),
+        ],
+        latency: [latency, Histogram::default(), Histogram::default(), Histogram::default()],
+        unanswered: vec![("ens5".to_owned(), 2)],
+    });
     let sample = |at_ms, ens5_values: Arc<[u64]>, eth1_values: [u64; 6]| Sample {
         at_ms,
         readings: vec![
@@ -84,6 +101,9 @@ fn scripted_run() -> Arc<enawatch::history::Snapshot> {
             },
         ],
         events: Vec::new(),
+        // The meter's ring overflowed once, 3 packets; the DNS ring never did.
+        capture_dropped: [Some(0), Some(3)],
+        dns: Some(Arc::clone(&dns)),
     };
     let t0 = 1_790_000_000_000;
     let script = VecDeque::from([

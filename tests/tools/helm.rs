@@ -1038,5 +1038,12 @@ fn the_rendered_configuration_passes_check_config() {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+        if name == "everything" {
+            // The DNS analysis's values reach the agent as its effective configuration says.
+            let effective = String::from_utf8_lossy(&out.stdout);
+            for want in ["cluster_dns:\n- 10.100.0.10\n", "dns_timeout: 3s\n", "dns_workloads: 30\n"] {
+                assert!(effective.contains(want), "ci/everything: {want:?} not in:\n{effective}");
+            }
+        }
     }
 }

@@ -203,8 +203,23 @@ async function dnsClients() {
       el("td", {}, c.top_names.slice(0, 3).map((n) => n[0]).join(", ")));
     table.append(row);
   }
-  section.replaceChildren(el("h2", {}, "DNS clients"), el("div", { class: "table-wrap" }));
-  $(".table-wrap", section).append(table);
+  // Who is hurt: the workloads whose lookups failed, and whether throttling did it.
+  const hurt = el("table", { class: "hurt" });
+  const hurtHead = el("tr");
+  for (const c of ["workload", "lookups", "failed", "timeouts", "SERVFAIL", "during throttling"]) hurtHead.append(el("th", {}, c));
+  hurt.append(hurtHead);
+  for (const w of dns.report.who_is_hurt.slice(0, 10)) {
+    const failed = w.timeouts + w.servfail + w.refused;
+    const name = w.namespace ? `${w.namespace}/${w.workload}` : (w.workload || "the node (not a pod)");
+    const row = el("tr", { class: w.throttled > 0 ? "hot" : failed > 0 ? "warm" : "" });
+    row.append(el("td", {}, name), el("td", {}, String(w.queries)), el("td", {}, String(failed)),
+      el("td", {}, String(w.timeouts)), el("td", {}, String(w.servfail)), el("td", {}, String(w.throttled)));
+    hurt.append(row);
+  }
+  section.replaceChildren(el("h2", {}, "Who is hurt: DNS lookups by workload"), el("div", { class: "table-wrap hurt-wrap" }),
+    el("h2", {}, "DNS clients"), el("div", { class: "table-wrap clients-wrap" }));
+  $(".hurt-wrap", section).append(hurt);
+  $(".clients-wrap", section).append(table);
 }
 
 async function loop() {
