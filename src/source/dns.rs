@@ -389,13 +389,16 @@ impl DnsStats {
         self.workloads
             .entry(client)
             .or_insert_with(|| {
-                pods.lookup(&client.to_string()).map_or_else(|| self.node.clone(), |p| {
-                    let name = p
-                        .workload
-                        .as_deref()
-                        .map_or(p.pod.as_str(), |w| w.split_once('/').map_or(w, |x| x.1));
-                    (Arc::from(p.namespace.as_str()), Arc::from(name))
-                })
+                pods.lookup(&client.to_string()).map_or_else(
+                    || self.node.clone(),
+                    |p| {
+                        let name = p
+                            .workload
+                            .as_deref()
+                            .map_or(p.pod.as_str(), |w| w.split_once('/').map_or(w, |x| x.1));
+                        (Arc::from(p.namespace.as_str()), Arc::from(name))
+                    },
+                )
             })
             .clone()
     }

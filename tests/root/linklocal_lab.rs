@@ -318,7 +318,10 @@ fn node_client(report: &serde_json::Value) -> &serde_json::Value {
 #[test]
 fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
     let (report, waste) = amplification_with("ndots:5");
-    assert_eq!(waste, 18.0, "the NXDOMAIN expansions are the search path's cost in /metrics");
+    assert!(
+        (waste - 18.0).abs() < 0.5,
+        "the NXDOMAIN expansions are the search path's cost in /metrics: {waste}"
+    );
     let client = node_client(&report);
     let a = &client["amplification"];
     // Three suffixes, A and AAAA each, NXDOMAIN, then the name: 8 queries where 2 would do.
@@ -329,7 +332,7 @@ fn search_path_amplification_is_reported_with_ndots_5_and_not_with_ndots_1() {
     assert!(client["nxdomain_ratio"].as_f64().unwrap() > 0.7, "{report}");
 
     let (report, waste) = amplification_with("ndots:1");
-    assert_eq!(waste, 0.0, "absolute names first: no search-path queries");
+    assert!(waste.abs() < 0.5, "absolute names first: no search-path queries: {waste}");
     let client = node_client(&report);
     assert!(client["amplification"].is_null(), "absolute names first: no amplification: {report}");
     assert_eq!(client["queries"], 6, "A and AAAA for each of three names: {report}");
@@ -557,7 +560,7 @@ fn lookups_lost_to_the_limiter_are_throttled_timeouts_on_that_eni() {
     let drops = lab.limiter_drops();
     let (_, lost) = lab.dnsperf_with("169.254.169.253", 1500, 10, &["-q", "20000", "-c", "1"]);
     // The agent declares a query unanswered 5 s after it was sent, and judges it at the tick after.
-    std::thread::sleep(Duration::from_millis(7000));
+    std::thread::sleep(Duration::from_secs(7));
     let dropped = (lab.limiter_drops() - drops) as f64;
     let (unthrottled, throttled) = timeouts(&agent);
     let unanswered = agent.metric("ena_linklocal_dns_unanswered_total{device=\"vnode0\"}");
@@ -667,7 +670,8 @@ fn the_latency_histogram_shows_a_resolvers_delay() {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert_eq!(buckets.last().unwrap().1, sent as f64, "every answer observed once");
+    let observed = buckets.last().unwrap().1;
+    assert!((observed - sent as f64).abs() < 0.5, "every answer observed once: {observed} of {sent}");
     let m = median(&buckets);
     eprintln!("median {m:.4} s over {sent} answers");
     assert!((m - 0.050).abs() <= 0.005, "the median latency is {m} s, the responder waits 50 ms");
@@ -738,16 +742,12 @@ fn pod(lab: &Lab, tag: &str, addr: &str, node_side: &str) -> Netns {
     ns
 }
 
-/// A forwarder on the node (dnsmasq playing NodeLocal DNSCache on 169.254.20.10) in front of
-/// the limited link; two pods, a busy one and a quiet one, resolve through it. Each pod's
-/// lost lookups are counted under its own workload, as timeouts during throttling.
-#[test]
-fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling() {
-    let lab = Lab::new();
-    // NodeLocal DNSCache's address on the node (on a dummy interface in a cluster; the lab's
-    // kernel may lack the dummy driver, and lo serves the same).
+/// dnsmasq playing NodeLocal DNSCache on the node, on 169.254.20.10 (a dummy interface's address
+/// in a cluster; the lab's kernel may lack the dummy driver, and lo serves the same),
+/// forwarding every question to the VPC resolver.
+fn nodelocal_forwarder(lab: &Lab) -> Killed {
     lab.node.ip("addr add 169.254.20.10/32 dev lo");
-    let forwarder = Killed(
+    Killed(
         Command::new("ip")
             .args(["netns", "exec", &lab.node.name, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts"])
             .args(["--bind-interfaces", "--listen-address=169.254.20.10", "--server=169.254.169.253"])
@@ -756,7 +756,16 @@ fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling(
             .stderr(Stdio::null())
             .spawn()
             .expect("dnsmasq"),
-    );
+    )
+}
+
+/// A forwarder on the node (dnsmasq playing NodeLocal DNSCache on 169.254.20.10) in front of
+/// the limited link; two pods, a busy one and a quiet one, resolve through it. Each pod's
+/// lost lookups are counted under its own workload, as timeouts during throttling.
+#[test]
+fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling() {
+    let lab = Lab::new();
+    let forwarder = nodelocal_forwarder(&lab);
     let web = pod(&lab, "pweb", "10.1.0.2", "10.1.0.1");
     let batch = pod(&lab, "pbat", "10.1.1.2", "10.1.1.1");
     for p in [&web, &batch] {
@@ -790,8 +799,8 @@ fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling(
 
     let queries = lab.dir.join("pod-queries.txt");
     // Distinct names: a forwarder merges identical questions in flight into one upstream query.
-    let names: String = (0..40_000).map(|i| format!("n{i}.example.com A\n")).collect();
-    std::fs::write(&queries, names).unwrap();
+    let names: Vec<String> = (0..40_000).map(|i| format!("n{i}.example.com A")).collect();
+    std::fs::write(&queries, names.join("\n") + "\n").unwrap();
     let dnsperf = |p: &Netns, qps: u32| {
         let out = p.exec(&[
             "dnsperf",
@@ -822,7 +831,7 @@ fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling(
         let b = s.spawn(|| dnsperf(&batch, 100));
         (w.join().unwrap(), b.join().unwrap())
     });
-    std::thread::sleep(Duration::from_millis(7000));
+    std::thread::sleep(Duration::from_secs(7));
     let dropped = lab.limiter_drops() - drops;
     drop(forwarder);
     let failed = |namespace: &str, workload: &str, throttled: &str| {
