@@ -25,15 +25,7 @@ fn api(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
         for stream in listener.incoming().flatten() {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
+                let (line, mut reader) = crate::support::read_request(stream);
                 log.lock().unwrap().push(line.trim().to_owned());
                 let out = reader.get_mut();
                 if let Some(code) = status {

@@ -11,19 +11,26 @@ use std::process::Command;
 
 use crate::support;
 
-#[test]
-fn quick_run_prints_both_tools_and_the_floor() {
+/// Runs `bench/NAME --quick` against the agent under test, writing into a scratch
+/// directory; its stdout, stderr and that directory, once it has succeeded.
+fn quick(name: &str) -> (String, String, support::TempDir) {
     support::require_root();
-    let out_dir = support::TempDir::new("bench");
-    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
-    let out = Command::new(harness)
+    let out_dir = support::TempDir::new(name);
+    let harness = format!("{}/bench/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&harness)
         .args(["--quick", "--bin", support::bin(), "--out"])
         .arg(&out_dir.0)
         .output()
-        .expect("run bench/run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench/run --quick failed ({})\n{stdout}\n{stderr}", out.status);
+        .unwrap_or_else(|e| panic!("run {harness}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench/{name} --quick failed ({})\n{stdout}\n{stderr}", out.status);
+    (stdout, stderr, out_dir)
+}
+
+#[test]
+fn quick_run_prints_both_tools_and_the_floor() {
+    let (stdout, stderr, out_dir) = quick("run");
 
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| 1 |")).collect();
     for tool in ["enawatch", "node_exporter", "floor"] {
@@ -35,19 +42,7 @@ fn quick_run_prints_both_tools_and_the_floor() {
     let results = std::fs::read_to_string(out_dir.join("results.md")).expect("results.md written");
     assert_eq!(results.trim_end(), stdout.trim_end(), "results.md is the table printed");
 
-    // Nothing is left behind: the namespaces the harness announced are gone.
-    let tag = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("bench/run: namespaces: "))
-        .and_then(|l| l.split('*').next())
-        .expect("bench/run names its namespaces");
-    let namespaces = support::run(&["ip", "netns", "list"]);
-    let left: Vec<_> = String::from_utf8_lossy(&namespaces.stdout)
-        .lines()
-        .filter(|l| l.starts_with(tag))
-        .map(str::to_owned)
-        .collect();
-    assert!(left.is_empty(), "bench/run left namespaces behind: {left:?}");
+    nothing_left_behind("run", &stderr);
 }
 
 /// `bench/dns-cost --quick` (2,000 queries/s for 5 s, dnstop and tcpdump capturing alongside)
@@ -59,17 +54,7 @@ fn quick_run_prints_both_tools_and_the_floor() {
 /// apt-get when they are missing.
 #[test]
 fn dns_cost_quick_run_counts_every_query() {
-    support::require_root();
-    let out_dir = support::TempDir::new("dnscost");
-    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/dns-cost");
-    let out = Command::new(harness)
-        .args(["--quick", "--bin", support::bin(), "--out"])
-        .arg(&out_dir.0)
-        .output()
-        .expect("run bench/dns-cost");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench/dns-cost --quick failed ({})\n{stdout}\n{stderr}", out.status);
+    let (stdout, stderr, out_dir) = quick("dns-cost");
 
     for tool in ["enawatch", "dnstop", "tcpdump"] {
         assert!(
@@ -98,16 +83,21 @@ fn dns_cost_quick_run_counts_every_query() {
     assert!(value("dnstop_queries") > 0, "dnstop counted nothing: it did not capture\n{stdout}");
     assert!(value("tcpdump_received") >= sent, "tcpdump received fewer packets than queries sent\n{stdout}");
 
+    nothing_left_behind("dns-cost", &stderr);
+}
+
+/// The namespaces `bench/NAME` announced on stderr are gone.
+fn nothing_left_behind(name: &str, stderr: &str) {
     let tag = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("bench/dns-cost: namespaces: "))
+        .find_map(|l| l.strip_prefix(&format!("bench/{name}: namespaces: ")))
         .and_then(|l| l.split('*').next())
-        .expect("bench/dns-cost names its namespaces");
+        .unwrap_or_else(|| panic!("bench/{name} names its namespaces"));
     let namespaces = support::run(&["ip", "netns", "list"]);
     let left: Vec<_> = String::from_utf8_lossy(&namespaces.stdout)
         .lines()
         .filter(|l| l.starts_with(tag))
         .map(str::to_owned)
         .collect();
-    assert!(left.is_empty(), "bench/dns-cost left namespaces behind: {left:?}");
+    assert!(left.is_empty(), "bench/{name} left namespaces behind: {left:?}");
 }

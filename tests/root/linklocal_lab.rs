@@ -118,10 +118,7 @@ impl Lab {
 
     /// Packets the limiter has dropped so far.
     fn limiter_drops(&self) -> u64 {
-        let out = self.vpc.exec(&["nft", "list", "table", "inet", "lab"]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let counter = text.split("counter packets ").nth(1).expect("the rule has a counter");
-        counter.split_whitespace().next().and_then(|n| n.parse().ok()).expect("a packet count")
+        limiter_drops(&self.vpc.name)
     }
 
     /// Runs dnsperf at `qps` for `seconds` against `server`; returns the queries it sent.
@@ -485,48 +482,58 @@ fn at_storm_rates_the_meter_and_the_dns_analysis_count_every_query() {
     }
 }
 
-/// Writes the limiter's drop counter as `vnode0`'s `linklocal_allowance_exceeded` into a
-/// capture file the agent reads (`--extra-stats`), every 100 ms: the lab's ENA counter.
-struct Feeder {
+/// A thread of the test's own that runs until the value is dropped.
+struct Background {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Feeder {
-    fn start(lab: &Lab, path: &std::path::Path) -> Self {
+impl Background {
+    /// Runs `step` over and over until dropped.
+    fn spawn(mut step: impl FnMut() + Send + 'static) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (vpc, path, flag) = (lab.vpc.name.clone(), path.to_owned(), std::sync::Arc::clone(&stop));
-        let write = move || {
-            let out = support::run(&["ip", "netns", "exec", &vpc, "nft", "list", "table", "inet", "lab"]);
-            let text = String::from_utf8_lossy(&out.stdout);
-            let drops: u64 = text
-                .split("counter packets ")
-                .nth(1)
-                .and_then(|c| c.split_whitespace().next()?.parse().ok())
-                .expect("the limiter's counter");
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("=== vnode0\n     linklocal_allowance_exceeded: {drops}\n"))
-                .unwrap();
-            std::fs::rename(&tmp, &path).unwrap();
-        };
-        write();
+        let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                write();
-                std::thread::sleep(Duration::from_millis(100));
+                step();
             }
         });
         Self { stop, thread: Some(thread) }
     }
 }
 
-impl Drop for Feeder {
+impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// Packets the limiter of the lab whose "vpc" namespace is `vpc` has dropped so far.
+fn limiter_drops(vpc: &str) -> u64 {
+    let out = support::run(&["ip", "netns", "exec", vpc, "nft", "list", "table", "inet", "lab"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counter = text.split("counter packets ").nth(1).expect("the rule has a counter");
+    counter.split_whitespace().next().and_then(|n| n.parse().ok()).expect("a packet count")
+}
+
+/// Writes the limiter's drop counter as `vnode0`'s `linklocal_allowance_exceeded` into a
+/// capture file the agent reads (`--extra-stats`), every 100 ms: the lab's ENA counter.
+fn feeder(lab: &Lab, path: &std::path::Path) -> Background {
+    let (vpc, path) = (lab.vpc.name.clone(), path.to_owned());
+    let write = move || {
+        let drops = limiter_drops(&vpc);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("=== vnode0\n     linklocal_allowance_exceeded: {drops}\n")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write();
+    Background::spawn(move || {
+        write();
+        std::thread::sleep(Duration::from_millis(100));
+    })
 }
 
 /// The failures the agent counts, by whether they were throttled: (false, true).
@@ -544,7 +551,7 @@ fn timeouts(agent: &Agent) -> (f64, f64) {
 fn lookups_lost_to_the_limiter_are_throttled_timeouts_on_that_eni() {
     let lab = Lab::new();
     let extra = lab.dir.join("limiter.capture");
-    let _feeder = Feeder::start(&lab, &extra);
+    let _feeder = feeder(&lab, &extra);
     let agent = Agent::start(
         &lab.node,
         &["--device-include", "^vnode0$", "--dns-analysis", "--extra-stats", extra.to_str().unwrap()],
@@ -583,49 +590,28 @@ fn lookups_lost_to_the_limiter_are_throttled_timeouts_on_that_eni() {
 
 /// A resolver of the test's own that answers every query after a fixed delay (the query
 /// echoed back as a response, no answers).
-struct Responder {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Responder {
-    fn start(ns: &Netns, addr: &str, delay: Duration) -> Self {
-        let socket = ns.run_in(|| std::net::UdpSocket::bind(addr).expect("bind the responder"));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut due: std::collections::VecDeque<(Instant, std::net::SocketAddr, Vec<u8>)> =
-                std::collections::VecDeque::new();
-            let mut buf = [0u8; 1500];
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let wait = due.front().map_or(Duration::from_millis(50), |(at, _, _)| {
-                    at.saturating_duration_since(Instant::now()).max(Duration::from_micros(100))
-                });
-                socket.set_read_timeout(Some(wait)).unwrap();
-                if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    if n >= 12 {
-                        let mut reply = buf[..n].to_vec();
-                        reply[2] |= 0x80; // QR: a response
-                        due.push_back((Instant::now() + delay, from, reply));
-                    }
-                }
-                while due.front().is_some_and(|(at, _, _)| *at <= Instant::now()) {
-                    let (_, to, reply) = due.pop_front().unwrap();
-                    let _ = socket.send_to(&reply, to);
-                }
-            }
+fn responder(ns: &Netns, addr: &str, delay: Duration) -> Background {
+    let socket = ns.run_in(|| std::net::UdpSocket::bind(addr).expect("bind the responder"));
+    let mut due: std::collections::VecDeque<(Instant, std::net::SocketAddr, Vec<u8>)> =
+        std::collections::VecDeque::new();
+    let mut buf = [0u8; 1500];
+    Background::spawn(move || {
+        let wait = due.front().map_or(Duration::from_millis(50), |(at, _, _)| {
+            at.saturating_duration_since(Instant::now()).max(Duration::from_micros(100))
         });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        socket.set_read_timeout(Some(wait)).unwrap();
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if n >= 12 {
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80; // QR: a response
+                due.push_back((Instant::now() + delay, from, reply));
+            }
         }
-    }
+        while due.front().is_some_and(|(at, _, _)| *at <= Instant::now()) {
+            let (_, to, reply) = due.pop_front().unwrap();
+            let _ = socket.send_to(&reply, to);
+        }
+    })
 }
 
 /// The median of a Prometheus histogram, interpolated within its bucket as
@@ -649,7 +635,7 @@ fn median(buckets: &[(f64, f64)]) -> f64 {
 fn the_latency_histogram_shows_a_resolvers_delay() {
     let lab = Lab::new();
     lab.vpc.ip("addr add 10.0.0.3/32 dev p0");
-    let _responder = Responder::start(&lab.vpc, "10.0.0.3:53", Duration::from_millis(50));
+    let _responder = responder(&lab.vpc, "10.0.0.3:53", Duration::from_millis(50));
     let agent = Agent::start(
         &lab.node,
         &["--device-include", "^vnode0$", "--dns-analysis", "--cluster-dns", "10.0.0.3"],
@@ -680,7 +666,7 @@ fn the_latency_histogram_shows_a_resolvers_delay() {
 /// A stand-in for the Kubernetes API in the node's namespace: the pods list (the real API's
 /// JSON) to a list request, an idle watch to a watch. Returns its base URL.
 fn pods_api(ns: &Netns, pods: &[(&str, &str, &str, &str, &str)]) -> String {
-    use std::io::{BufRead as _, Write as _};
+    use std::io::Write as _;
     let items: Vec<serde_json::Value> = pods
         .iter()
         .map(|(namespace, name, owner_kind, owner, ip)| {
@@ -700,15 +686,7 @@ fn pods_api(ns: &Netns, pods: &[(&str, &str, &str, &str, &str)]) -> String {
         for stream in listener.incoming().flatten() {
             let list = list.clone();
             std::thread::spawn(move || {
-                let mut reader = std::io::BufReader::new(stream);
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
+                let (line, mut reader) = support::read_request(stream);
                 let out = reader.get_mut();
                 if line.contains("watch=1") {
                     let _ = write!(
@@ -781,7 +759,7 @@ fn the_pods_failures_behind_a_node_forwarder_are_their_workloads_and_throttling(
         ],
     );
     let extra = lab.dir.join("limiter.capture");
-    let _feeder = Feeder::start(&lab, &extra);
+    let _feeder = feeder(&lab, &extra);
     let agent =
         Agent::launch(&["serve", "--device-include", "^vnode0$", "--dns-analysis", "--pod-attribution"])
             .args(&["--extra-stats", extra.to_str().unwrap()])

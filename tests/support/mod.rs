@@ -81,6 +81,22 @@ pub fn check_golden(name: &str, actual: &str) {
 /// What a [`record_posts`] receiver saw: (path, body) of every request with a body.
 pub type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
+/// Reads an HTTP request's line and headers from `stream`: the request line and the reader,
+/// positioned at the body (for stand-ins of the APIs the agent calls).
+pub fn read_request(stream: TcpStream) -> (String, std::io::BufReader<TcpStream>) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    (line, reader)
+}
+
 /// Answers every request on `listener` with 200 and records its path and body.
 pub fn record_posts(listener: TcpListener) -> Posts {
     use std::io::BufRead as _;
