@@ -491,14 +491,14 @@ struct Background {
 impl Background {
     /// Runs `step` over and over until dropped.
     fn spawn(mut step: impl FnMut() + Send + 'static) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quit = std::sync::Arc::clone(&flag);
         let thread = std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while !quit.load(std::sync::atomic::Ordering::Relaxed) {
                 step();
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop: flag, thread: Some(thread) }
     }
 }
 
