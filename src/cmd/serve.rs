@@ -15,6 +15,7 @@ use crate::cmd::runtime::{bind, build_source, termination, Chosen, Running};
 use crate::config::{Config, Settings};
 use crate::http::{self, AppState};
 use crate::metrics::Options;
+use crate::outbound::kube::ApiAccess;
 use crate::remote_write::{self, Pusher};
 use crate::source::pods;
 use crate::source::simulate::Scenario;
@@ -41,7 +42,7 @@ pub(crate) fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -
     let running = Running::start(config, chosen.source, notify)?;
     // Pod attribution: off with one log line when the API cannot be used.
     let attribution = if config.pod_attribution {
-        match pods::ApiAccess::in_cluster() {
+        match ApiAccess::in_cluster() {
             Ok(access) => Some(access),
             Err(why) => {
                 warn!(reason = %why, "pod attribution is off; DNS clients are shown by address only");
