@@ -280,17 +280,22 @@ fn copy_chart(dir: &TempDir) -> PathBuf {
 #[derive(Debug, Default)]
 struct Features {
     net_raw: bool,
-    token: bool,
     pods: bool,
     events: bool,
     ca_file: Option<String>,
+}
+
+impl Features {
+    /// Pod attribution and node events talk to the API: they need the token.
+    fn token(&self) -> bool {
+        self.pods || self.events
+    }
 }
 
 fn features(merged: &serde_json::Value) -> Features {
     let on = |a: &str, b: &str| merged[a][b].as_bool() == Some(true);
     Features {
         net_raw: on("linklocalMeter", "enabled") || on("dnsAnalysis", "enabled"),
-        token: on("podAttribution", "enabled") || on("nodeEvents", "enabled"),
         pods: on("podAttribution", "enabled"),
         events: on("nodeEvents", "enabled"),
         ca_file: (on("caBundle", "enabled") || on("remoteWrite", "enabled"))
@@ -316,8 +321,11 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
         check(pod[host].as_bool() != Some(true), format!("spec.{host} must not be true"));
     }
     check(
-        pod["automountServiceAccountToken"].as_bool() == Some(want.token),
-        format!("spec.automountServiceAccountToken must be {} (pod attribution or node events)", want.token),
+        pod["automountServiceAccountToken"].as_bool() == Some(want.token()),
+        format!(
+            "spec.automountServiceAccountToken must be {} (pod attribution or node events)",
+            want.token()
+        ),
     );
     let host_paths: Vec<&Value> = seq(&pod["volumes"]).iter().filter(|v| !v["hostPath"].is_null()).collect();
     match &want.ca_file {
@@ -381,6 +389,13 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
             );
         }
     }
+    rbac_violations(objects, want, &mut check);
+    out
+}
+
+/// The RBAC each feature brings, and nothing else: a ClusterRole that lists and watches pods
+/// for pod attribution, a Role in `default` that creates and patches events for node events.
+fn rbac_violations(objects: &[Value], want: &Features, check: &mut impl FnMut(bool, String)) {
     let roles = find(objects, "ClusterRole");
     let bindings = find(objects, "ClusterRoleBinding");
     if want.pods {
@@ -418,7 +433,6 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
     } else {
         check(roles.is_empty() && bindings.is_empty(), "no namespaced RBAC without node events".into());
     }
-    out
 }
 
 #[test]
@@ -521,7 +535,7 @@ fn the_invariant_checker_catches_each_violation() {
         (
             "nodeEvents: {enabled: true}",
             "no namespaced RBAC without node events",
-            Features { token: true, ..Features::default() },
+            Features { pods: true, ..Features::default() },
         ),
     ];
     let requests: Vec<serde_json::Value> =
