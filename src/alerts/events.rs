@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Transition;
 use crate::base::time::rfc3339;
@@ -223,11 +223,14 @@ impl Writer {
                     Written::Done => {
                         self.stats().sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    Written::Gone | Written::Failed(_) => {
+                    Written::Gone => {
                         self.stats().failed.fetch_add(1, Ordering::Relaxed);
-                        if let Written::Failed(why) = outcome {
-                            warn!(reason = %why, "a node event was not written");
-                        }
+                        warn!(reason = "the API answered 404 to a create", "a node event was not written");
+                    }
+                    Written::Failed(why) => {
+                        // At most one line per series and interval: writes are that far apart.
+                        self.stats().failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(reason = %why, "a node event was not written");
                     }
                     Written::Stop(why) => return stop(&why, rx).await,
                 }
@@ -325,7 +328,6 @@ fn event_name(node: &str, at_ms: i64, serial: u64) -> String {
 async fn stop(why: &str, mut rx: mpsc::Receiver<Transition>) {
     warn!(reason = %why, "node events are off; metrics and alerts continue");
     while rx.recv().await.is_some() {}
-    info!("node events: the notifier stopped");
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ const CONFIG: &str = "node_events: true\nnode_events_interval: 1s\nalerts:\n  ru
 struct Api {
     requests: Vec<String>,
     events: BTreeMap<String, Value>,
+    /// When each event was written, by name.
+    writes: Vec<(Instant, String)>,
 }
 
 /// Serves `POST …/events` (201 and the stored Event) and `PATCH …/events/NAME` (a merge, 200
@@ -106,7 +108,8 @@ fn answer(state: &Mutex<Api>, forced: Option<u16>, method: &str, path: &str, bod
             let n = api.events.len();
             event["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{n:012}"));
             event["metadata"]["resourceVersion"] = json!(format!("{}", 1000 + n));
-            api.events.insert(name, event.clone());
+            api.events.insert(name.clone(), event.clone());
+            api.writes.push((Instant::now(), name));
             (201, event)
         }
         "PATCH" => {
@@ -115,16 +118,26 @@ fn answer(state: &Mutex<Api>, forced: Option<u16>, method: &str, path: &str, bod
             for (k, v) in body.as_object().into_iter().flatten() {
                 event[k] = v.clone();
             }
-            (200, event.clone())
+            let event = event.clone();
+            api.writes.push((Instant::now(), name.to_owned()));
+            (200, event)
         }
         _ => (404, status(404, "NotFound")),
     }
 }
 
 fn agent(api_port: u16) -> Agent<'static> {
+    agent_writing_every(api_port, "1s")
+}
+
+/// The agent with `node_events_interval` set to `interval`.
+fn agent_writing_every(api_port: u16, interval: &str) -> Agent<'static> {
     let launch = Agent::launch(&["serve"]);
     let scenario = launch.file("bursts.yaml", SCENARIO);
-    let config = launch.file("enawatch.yaml", CONFIG);
+    let config = launch.file(
+        "enawatch.yaml",
+        &CONFIG.replace("node_events_interval: 1s", &format!("node_events_interval: {interval}")),
+    );
     launch
         .args(&["--simulate", scenario.to_str().unwrap(), "--config", config.to_str().unwrap()])
         .env("NODE_NAME", NODE)
@@ -206,4 +219,29 @@ fn a_forbidden_api_turns_node_events_off_with_one_line_and_alerts_go_on() {
     assert!(metrics.contains("ena_allowance_exceeded_packets_total{device=\"ens5\",allowance=\"linklocal\"}"));
     let alerts = agent.get("/api/v1/alerts").unwrap();
     assert_eq!(alerts.status, 200);
+}
+
+#[test]
+fn writes_of_one_event_are_an_interval_apart_and_firings_between_are_counted() {
+    let (port, state) = api(None);
+    // Firings every 6 s, writes at least 8 s apart: the second firing waits for the interval.
+    let agent = agent_writing_every(port, "8s");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while event(&state, "Warning", 3).is_none() {
+        assert!(Instant::now() < deadline, "no third firing written: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let api = state.lock().unwrap();
+    let warning = api.events.iter().find(|(_, e)| e["type"] == "Warning").map(|(n, _)| n.clone()).unwrap();
+    let times: Vec<Instant> = api.writes.iter().filter(|(_, n)| *n == warning).map(|(t, _)| *t).collect();
+    assert!(times.len() >= 3, "{:?}", api.requests);
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(7500), "writes {gap:?} apart");
+    }
+    // Every firing is in the count, although writes were fewer than firings would have made
+    // without the interval.
+    let firings = agent.log().matches("alert firing").count() as u64;
+    let count = api.events[&warning]["count"].as_u64().unwrap();
+    assert!(count >= 3 && count <= firings, "count {count}, firings {firings}");
 }
