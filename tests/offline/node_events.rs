@@ -177,6 +177,16 @@ fn firings_make_one_series_on_the_node_and_the_resolution_is_recorded() {
         assert!(message.contains(part), "{part} in {message}");
     }
     assert!(warning["firstTimestamp"].as_str() <= warning["lastTimestamp"].as_str(), "{warning}");
+    // The fields are the ones docs/events.md shows (which tests/tools validates against the
+    // API's schema), and no others; the stand-in added only metadata.uid and resourceVersion.
+    let documented: Value = {
+        let docs = include_str!("../../docs/events.md");
+        let yaml = docs.split("```yaml\n").nth(1).and_then(|r| r.split("```").next()).unwrap();
+        yaml_serde::from_str(yaml).unwrap()
+    };
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&warning), keys(&documented));
+    assert_eq!(keys(&warning["metadata"]).len(), keys(&documented["metadata"]).len() + 2);
     let normal = event(&state, "Normal", 1).unwrap();
     assert_eq!(normal["reason"], "LinkLocalExceeded");
     assert!(normal["message"].as_str().unwrap().contains("resolved"), "{normal}");
