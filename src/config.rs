@@ -81,6 +81,18 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub pod_attribution: Option<bool>,
 
+    /// Record the allowance alerts on this node's Node object as Kubernetes Events, with the
+    /// reasons the EKS node monitoring agent uses (`LinkLocalExceeded`, `PPSExceeded`…):
+    /// Warning when one fires, Normal when it resolves (docs/events.md). Needs `create` and
+    /// `patch` on events and `NODE_NAME`. Default: off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub node_events: Option<bool>,
+
+    /// The least time between two writes of the same event (reason, device and type): firings
+    /// in between are counted into the next write. 1s to 1h. Default: 1m.
+    #[arg(long, value_name = "DURATION")]
+    pub node_events_interval: Option<String>,
+
     /// The VPC's DNS resolvers (VPC+2 addresses) the meter counts besides 169.254.169.253,
     /// and the DNS analysis calls `upstream="vpc_resolver"`, comma-separated, at most 256.
     /// Default: the nameservers ending in .2 in /etc/resolv.conf.
@@ -198,6 +210,8 @@ pub struct Config {
     pub dns: crate::source::dns::Settings,
     /// Attribute DNS clients to pods.
     pub pod_attribution: bool,
+    /// Node events, when they are on.
+    pub node_events: Option<crate::alerts::events::Settings>,
     /// Local alert rules (the shipped alerts with overrides applied).
     pub alert_rules: Vec<crate::alerts::LocalRule>,
     /// Notification receivers.
@@ -252,6 +266,8 @@ impl Settings {
             linklocal_meter: over.linklocal_meter.or(self.linklocal_meter),
             dns_analysis: over.dns_analysis.or(self.dns_analysis),
             pod_attribution: over.pod_attribution.or(self.pod_attribution),
+            node_events: over.node_events.or(self.node_events),
+            node_events_interval: over.node_events_interval.or(self.node_events_interval),
             vpc_resolvers: over.vpc_resolvers.or(self.vpc_resolvers),
             nodelocal_dns: over.nodelocal_dns.or(self.nodelocal_dns),
             cluster_dns: over.cluster_dns.or(self.cluster_dns),
@@ -344,6 +360,7 @@ impl Settings {
         let receivers =
             alerts.receivers.iter().enumerate().map(|(i, r)| r.resolve(i)).collect::<Result<Vec<_>, _>>()?;
         let remote_write = crate::remote_write::resolve_all(&self.remote_write, interval)?;
+        let node_events = self.node_events_settings()?;
         Ok(Config {
             remote_write,
             linklocal,
@@ -351,6 +368,7 @@ impl Settings {
             dns,
             extra_stats: self.extra_stats.as_ref().map(std::path::PathBuf::from),
             pod_attribution: self.pod_attribution.unwrap_or(false),
+            node_events,
             alert_rules,
             receivers,
             alerts: self.alerts.clone(),
@@ -415,6 +433,18 @@ impl Settings {
             }
             None => Vec::new(),
         })
+    }
+
+    /// Node events' settings, when they are on.
+    fn node_events_settings(&self) -> Result<Option<crate::alerts::events::Settings>, ConfigError> {
+        if !self.node_events.unwrap_or(false) {
+            return Ok(None);
+        }
+        let given = self.node_events_interval.as_deref();
+        let interval = duration("node_events_interval", given, "1m")?;
+        crate::alerts::events::Settings::new(interval)
+            .map(Some)
+            .map_err(|problem| invalid("node_events_interval", given, problem))
     }
 
     /// The link-local meter's targets (when it is on) and the DNS analysis's settings.
@@ -498,6 +528,8 @@ impl Config {
             linklocal_meter: Some(self.linklocal.is_some()),
             dns_analysis: Some(self.dns_analysis),
             pod_attribution: Some(self.pod_attribution),
+            node_events: Some(self.node_events.is_some()),
+            node_events_interval: self.node_events.as_ref().map(|e| HumanDuration(e.interval).to_string()),
             // After 169.254.169.253 and fd00:ec2::253, the VPC's own.
             vpc_resolvers: Some(
                 self.dns.upstreams.vpc_resolver.iter().skip(2).map(ToString::to_string).collect(),

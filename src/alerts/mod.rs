@@ -10,6 +10,7 @@
 //! the condition clears), then resolved.
 
 pub mod catalog;
+pub mod events;
 pub mod notify;
 mod overrides;
 
@@ -122,6 +123,34 @@ pub(crate) struct Transition {
     pub alert: Alert,
     /// When, Unix milliseconds.
     pub at_ms: i64,
+    /// The throttling behind an allowance alert, from the snapshot it changed on.
+    pub throttle: Option<Throttle>,
+}
+
+/// What the snapshot says about the device and allowance of an allowance alert: what node
+/// events put in their message.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Throttle {
+    /// The device's ENI, when known.
+    pub eni: Option<String>,
+    /// Packets over the allowance since the agent started (`ena_allowance_exceeded_packets_total`).
+    pub packets: u64,
+    /// Seconds throttled since the agent started (`ena_allowance_exceeded_seconds_total`).
+    pub seconds: f64,
+}
+
+impl Throttle {
+    /// The device's totals for the alert's allowance, when the snapshot has them.
+    fn of(alert: &Alert, snapshot: &Snapshot) -> Option<Self> {
+        let allowance = Allowance::ALL.into_iter().find(|a| Some(a.label()) == alert.allowance)?;
+        let device = alert.device.as_deref()?;
+        let d = snapshot.devices.iter().find(|d| d.device.name == device)?;
+        Some(Self {
+            eni: d.device.eni.clone(),
+            packets: d.counters.packets[allowance.index()],
+            seconds: d.counters.seconds[allowance.index()],
+        })
+    }
 }
 
 /// How many resolved alerts the API keeps showing.
@@ -326,7 +355,7 @@ impl Evaluator {
                 if alert.state == State::Pending && now - alert.active_ms >= millis(rule.hold) {
                     alert.state = State::Firing;
                     alert.firing_since = Some(rfc3339(now));
-                    transitions.push(Transition { alert: alert.clone(), at_ms: now });
+                    transitions.push(Transition { alert: alert.clone(), at_ms: now, throttle: None });
                 }
             } else if let Some(alert) = self.active.get_mut(&key) {
                 alert.value = value;
@@ -350,7 +379,7 @@ impl Evaluator {
         if alert.state == State::Firing {
             alert.state = State::Resolved;
             alert.resolved_at = Some(rfc3339(now));
-            transitions.push(Transition { alert: alert.clone(), at_ms: now });
+            transitions.push(Transition { alert: alert.clone(), at_ms: now, throttle: None });
             if self.resolved.len() == RESOLVED_KEPT {
                 self.resolved.pop_front();
             }
@@ -458,7 +487,8 @@ impl Hook for Local {
     fn on_snapshot(&mut self, snapshot: &mut Snapshot, history: &History) {
         let transitions = self.evaluator.evaluate(snapshot, history);
         snapshot.alerts = self.evaluator.alerts();
-        for t in transitions {
+        for mut t in transitions {
+            t.throttle = Throttle::of(&t.alert, snapshot);
             let a = &t.alert;
             let device = a.device.as_deref().unwrap_or("");
             if a.state == State::Firing {

@@ -22,12 +22,13 @@ use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use super::Transition;
+use super::{events, Transition};
 use crate::base::file::{read_bounded_text, SECRET_LIMIT};
 use crate::base::time::rfc3339;
 use crate::base::ConfigError;
 use crate::history::{Alert, State};
 use crate::metrics::telemetry::ReceiverStats;
+use crate::outbound::kube::ApiAccess;
 use crate::outbound::{self, Backoff, Class, ClientOptions};
 
 /// Most receivers (`alerts.receivers`): each has a worker, a queue and a client of its own.
@@ -171,21 +172,31 @@ pub(crate) struct Notifier {
     receivers: Vec<Receiver>,
     stats: Arc<Vec<ReceiverStats>>,
     node: String,
+    /// Node events, when they are on: one more consumer of the same transitions, counted
+    /// after the receivers in `stats`.
+    events: Option<(ApiAccess, events::Settings)>,
     /// Where the agent serves its page, for links back.
     pub generator_url: String,
 }
 
-/// Creates the sampler's handle and the notifier to run.
-pub(crate) fn channel(receivers: Vec<Receiver>, node: String) -> (Handle, Notifier) {
+/// Creates the sampler's handle and the notifier to run, for `receivers` and, when `events`
+/// is given, node events.
+pub(crate) fn channel(
+    receivers: Vec<Receiver>,
+    node: String,
+    events: Option<(ApiAccess, events::Settings)>,
+) -> (Handle, Notifier) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let stats: Arc<Vec<ReceiverStats>> = Arc::new(
         receivers
             .iter()
-            .map(|r| ReceiverStats { name: r.name.clone(), ..ReceiverStats::default() })
+            .map(|r| r.name.clone())
+            .chain(events.iter().map(|_| events::RECEIVER.to_owned()))
+            .map(|name| ReceiverStats { name, ..ReceiverStats::default() })
             .collect(),
     );
     let handle = Handle { tx, stats: Arc::clone(&stats), overflow: Arc::new(AtomicU64::new(0)) };
-    (handle, Notifier { rx, receivers, stats, node, generator_url: String::new() })
+    (handle, Notifier { rx, receivers, stats, node, events, generator_url: String::new() })
 }
 
 /// A receiver's queue: bounded, oldest dropped first.
@@ -218,7 +229,18 @@ impl Notifier {
             };
             tokio::spawn(worker.run(queue));
         }
+        let events = self.events.take().map(|(access, settings)| {
+            let index = self.receivers.len();
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(events::Writer::new(access, settings, Arc::clone(&self.stats), index).run(rx));
+            (tx, index)
+        });
         while let Some(t) = self.rx.recv().await {
+            if let Some((tx, index)) = &events {
+                if events::wanted(&t) && tx.try_send(t.clone()).is_err() {
+                    self.stats[*index].dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             for (i, queue) in queues.iter().enumerate() {
                 let mut items = queue.items.lock().unwrap_or_else(PoisonError::into_inner);
                 if items.len() == QUEUE {

@@ -15,6 +15,7 @@ use crate::cmd::runtime::{bind, build_source, termination, Chosen, Running};
 use crate::config::{Config, Settings};
 use crate::http::{self, AppState};
 use crate::metrics::Options;
+use crate::outbound::kube::ApiAccess;
 use crate::remote_write::{self, Pusher};
 use crate::source::pods;
 use crate::source::simulate::Scenario;
@@ -29,10 +30,18 @@ pub fn run(config: &Config, source: &SourceArgs) -> Result<(), Failure> {
 
 /// Runs the agent on a chosen source and a bound listener.
 pub(crate) fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -> Result<(), Failure> {
-    let (notify, mut notifier) = if config.receivers.is_empty() {
+    // Node events: off with one log line when the API cannot be used.
+    let events = config.node_events.and_then(|settings| match ApiAccess::in_cluster() {
+        Ok(access) => Some((access, settings)),
+        Err(why) => {
+            warn!(reason = %why, "node events are off; metrics and alerts continue");
+            None
+        }
+    });
+    let (notify, mut notifier) = if config.receivers.is_empty() && events.is_none() {
         (None, None)
     } else {
-        let (handle, notifier) = notify::channel(config.receivers.clone(), crate::base::node_name());
+        let (handle, notifier) = notify::channel(config.receivers.clone(), crate::base::node_name(), events);
         (Some(handle), Some(notifier))
     };
     let notify_stats = notify.as_ref().map(|h| (Arc::clone(&h.stats), Arc::clone(&h.overflow)));
@@ -41,7 +50,7 @@ pub(crate) fn run_with(config: &Config, listener: TcpListener, chosen: Chosen) -
     let running = Running::start(config, chosen.source, notify)?;
     // Pod attribution: off with one log line when the API cannot be used.
     let attribution = if config.pod_attribution {
-        match pods::ApiAccess::in_cluster() {
+        match ApiAccess::in_cluster() {
             Ok(access) => Some(access),
             Err(why) => {
                 warn!(reason = %why, "pod attribution is off; DNS clients are shown by address only");

@@ -15,6 +15,7 @@
 
 mod backoff;
 mod client;
+pub mod kube;
 
 use std::time::Duration;
 

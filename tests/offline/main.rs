@@ -10,5 +10,6 @@ mod api;
 mod cli;
 mod docs;
 mod offline;
+mod node_events;
 mod pod_attribution;
 mod simulate_analyze;

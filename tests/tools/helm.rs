@@ -280,15 +280,24 @@ fn copy_chart(dir: &TempDir) -> PathBuf {
 #[derive(Debug, Default)]
 struct Features {
     net_raw: bool,
-    token: bool,
+    pods: bool,
+    events: bool,
     ca_file: Option<String>,
+}
+
+impl Features {
+    /// Pod attribution and node events talk to the API: they need the token.
+    fn token(&self) -> bool {
+        self.pods || self.events
+    }
 }
 
 fn features(merged: &serde_json::Value) -> Features {
     let on = |a: &str, b: &str| merged[a][b].as_bool() == Some(true);
     Features {
         net_raw: on("linklocalMeter", "enabled") || on("dnsAnalysis", "enabled"),
-        token: on("podAttribution", "enabled"),
+        pods: on("podAttribution", "enabled"),
+        events: on("nodeEvents", "enabled"),
         ca_file: (on("caBundle", "enabled") || on("remoteWrite", "enabled"))
             .then(|| text_of(&merged["caBundle"]["hostPath"])),
     }
@@ -312,8 +321,11 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
         check(pod[host].as_bool() != Some(true), format!("spec.{host} must not be true"));
     }
     check(
-        pod["automountServiceAccountToken"].as_bool() == Some(want.token),
-        format!("spec.automountServiceAccountToken must be {} (pod attribution: {})", want.token, want.token),
+        pod["automountServiceAccountToken"].as_bool() == Some(want.token()),
+        format!(
+            "spec.automountServiceAccountToken must be {} (pod attribution or node events)",
+            want.token()
+        ),
     );
     let host_paths: Vec<&Value> = seq(&pod["volumes"]).iter().filter(|v| !v["hostPath"].is_null()).collect();
     match &want.ca_file {
@@ -377,13 +389,16 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
             );
         }
     }
+    rbac_violations(objects, want, &mut check);
+    out
+}
+
+/// The RBAC each feature brings, and nothing else: a ClusterRole that lists and watches pods
+/// for pod attribution, a Role in `default` that creates and patches events for node events.
+fn rbac_violations(objects: &[Value], want: &Features, check: &mut impl FnMut(bool, String)) {
     let roles = find(objects, "ClusterRole");
     let bindings = find(objects, "ClusterRoleBinding");
-    check(
-        find(objects, "Role").is_empty() && find(objects, "RoleBinding").is_empty(),
-        "no namespaced RBAC".into(),
-    );
-    if want.token {
+    if want.pods {
         check(
             roles.len() == 1 && bindings.len() == 1,
             "pod attribution binds exactly one ClusterRole".into(),
@@ -396,9 +411,28 @@ fn invariant_violations(objects: &[Value], want: &Features) -> Vec<String> {
             );
         }
     } else {
-        check(roles.is_empty() && bindings.is_empty(), "no RBAC without pod attribution".into());
+        check(roles.is_empty() && bindings.is_empty(), "no ClusterRole without pod attribution".into());
     }
-    out
+    let (roles, bindings) = (find(objects, "Role"), find(objects, "RoleBinding"));
+    if want.events {
+        check(roles.len() == 1 && bindings.len() == 1, "node events bind exactly one Role".into());
+        for r in roles.iter().chain(&bindings) {
+            check(
+                r["metadata"]["namespace"] == "default",
+                "node events' Role and RoleBinding are in default, where Node events live".into(),
+            );
+        }
+        for r in roles {
+            let granted = serde_json::to_value(&r["rules"]).unwrap();
+            check(
+                granted
+                    == json!([{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]),
+                format!("the Role must only create and patch events: {granted}"),
+            );
+        }
+    } else {
+        check(roles.is_empty() && bindings.is_empty(), "no namespaced RBAC without node events".into());
+    }
 }
 
 #[test]
@@ -481,7 +515,7 @@ fn every_values_file_renders_validates_and_keeps_the_invariants() {
 /// One rendering per mutation: each must be reported by the invariant checker.
 #[test]
 fn the_invariant_checker_catches_each_violation() {
-    let cases: [(&str, &str, Features); 7] = [
+    let cases: [(&str, &str, Features); 9] = [
         ("containerSecurityContext: {privileged: true}", "privileged", Features::default()),
         ("containerSecurityContext: {capabilities: {drop: [ALL], add: [NET_ADMIN]}}", "capabilities.add", Features::default()),
         ("containerSecurityContext: {readOnlyRootFilesystem: false}", "readOnlyRootFilesystem", Features::default()),
@@ -496,6 +530,12 @@ fn the_invariant_checker_catches_each_violation() {
             "linklocalMeter: {enabled: true}\ndnsAnalysis: {enabled: true}\npodAttribution: {enabled: true}",
             "automountServiceAccountToken",
             Features { net_raw: true, ..Features::default() },
+        ),
+        ("nodeEvents: {enabled: true}", "automountServiceAccountToken", Features::default()),
+        (
+            "nodeEvents: {enabled: true}",
+            "no namespaced RBAC without node events",
+            Features { pods: true, ..Features::default() },
         ),
     ];
     let requests: Vec<serde_json::Value> =
@@ -934,6 +974,11 @@ fn each_kustomize_alternative_is_the_chart_with_its_switch() {
                 &["alternatives/pod-attribution.yaml"],
             ),
             "linklocalMeter: {enabled: true}\ndnsAnalysis: {enabled: true}\npodAttribution: {enabled: true}",
+        ),
+        (
+            "alternatives/node-events*.yaml",
+            base_with(&["alternatives/node-events-patch.yaml"], &["alternatives/node-events.yaml"]),
+            "nodeEvents: {enabled: true}",
         ),
         (
             "alternatives/servicemonitor.yaml",

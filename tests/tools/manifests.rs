@@ -214,6 +214,32 @@ fn kubernetes_validate_rejects_a_misspelled_field() {
     assert!(report.contains("readOnlyRootFilesytem"), "the error names the field:\n{report}");
 }
 
+/// The Event docs/events.md shows is what the agent writes (the stand-in API of
+/// tests/offline/node_events.rs checks the same fields), and the API's schema accepts it,
+/// along with the alternative's Role and RoleBinding.
+#[test]
+fn the_node_event_and_its_rbac_match_the_kubernetes_schemas() {
+    let docs = read("docs/events.md");
+    let example = docs
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/events.md shows an Event in a yaml block");
+    let event = &documents(example, "docs/events.md")[0];
+    assert_eq!((text(&event["apiVersion"]), text(&event["kind"])), ("v1".into(), "Event".into()));
+    assert_eq!(text(&event["metadata"]["namespace"]), "default", "Node events live in default");
+    assert_eq!(text(&event["involvedObject"]["kind"]), "Node");
+    let dir = support::TempDir::new("event");
+    let path = dir.join("event.yaml");
+    std::fs::write(&path, example).unwrap();
+    let rbac = repo().join(KUBE_DIR).join("alternatives/node-events.yaml");
+    let report = kubernetes_validate(&[path, rbac])
+        .unwrap_or_else(|r| panic!("kubernetes-validate --strict rejected the Event or its RBAC:\n{r}"));
+    for kind in ["event/", "role/enawatch-event-writer", "rolebinding/enawatch-event-writer"] {
+        assert!(report.contains(&format!("passed for resource {kind}")), "{kind}: {report}");
+    }
+}
+
 // === the DaemonSet ===
 
 fn daemonset() -> Value {
