@@ -25,6 +25,7 @@
 
 mod collector;
 mod config;
+mod otlp;
 pub mod proto;
 pub mod queue;
 mod sender;
@@ -34,7 +35,7 @@ use self::collector::Shared;
 pub use self::collector::{stats, Pusher, SpoolError};
 use self::config::Auth;
 pub use self::config::{
-    resolve_all, AuthConfig, BasicConfig, BearerConfig, Endpoint, EndpointConfig, Sigv4Config,
+    resolve_all, AuthConfig, BasicConfig, BearerConfig, Endpoint, EndpointConfig, Protocol, Sigv4Config,
 };
 
 #[cfg(test)]
