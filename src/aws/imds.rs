@@ -25,7 +25,8 @@ pub(crate) async fn identity(env: fn(&str) -> Option<String>, timeout: Duration)
     if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err("AWS_EC2_METADATA_DISABLED=true".into());
     }
-    let endpoint = env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
+    let endpoint =
+        env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
     let base = reqwest::Url::parse(&endpoint).map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
     let client = ClientOptions::new()
         .connect_timeout(timeout)

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::queue::{Queue, SeriesSet, Step};
-use super::spool::Spool;
 use super::config::Protocol;
 use super::otlp::{self, Starts};
+use super::queue::{Queue, SeriesSet, Step};
+use super::spool::Spool;
 use super::{proto, sender, Endpoint};
 use crate::base::{wall_ms, HumanDuration};
 use crate::history::{Snapshot, Store};
@@ -84,7 +84,7 @@ impl Pusher {
     ) -> Result<Self, SpoolError> {
         let mut shared = Vec::new();
         let mut last_at = Vec::new();
-        let mut starts = Vec::new();
+        let mut otlp_starts = Vec::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
             let mut queue = Queue::new(endpoint.queue_steps, 1);
             let mut spool = None;
@@ -119,7 +119,7 @@ impl Pusher {
                 if let Some(step) = recovered.steps.last().filter(|_| endpoint.protocol == Protocol::Otlp) {
                     seeded.seed(&step.set.labels, &step.values);
                 }
-                starts.push(seeded);
+                otlp_starts.push(seeded);
                 let dropped = queue.restore(recovered.steps, recovered.offset);
                 stats[index].dropped.fetch_add(dropped as u64, Ordering::Relaxed);
                 s.trim(&queue.needed()).map_err(error)?;
@@ -129,7 +129,7 @@ impl Pusher {
                 spool = Some(Mutex::new(s));
             }
             stats[index].pending.store(queue.pending() as u64, Ordering::Relaxed);
-            starts.resize_with(index + 1, Starts::default);
+            otlp_starts.resize_with(index + 1, Starts::default);
             last_at.push(last);
             shared.push(Arc::new(Shared {
                 endpoint: endpoint.clone(),
@@ -143,7 +143,7 @@ impl Pusher {
         }
         let options = metrics::Options { compat: Vec::new(), ..options.clone() };
         let mut collector = Collector::new(shared.clone(), store, options, interval, last_at);
-        collector.starts = starts;
+        collector.starts = otlp_starts;
         let (stop, stopped) = mpsc::channel::<()>();
         // Often enough to see every snapshot (several polls per interval), rarely enough to
         // cost nothing: a poll is a read lock and an Arc clone.
@@ -352,7 +352,9 @@ impl Collector {
             for (s, m) in samples.iter().zip(&merged) {
                 let key = match s.kind {
                     Kind::Counter => Some(otlp::series_key(&s.name, m.iter().copied())),
-                    Kind::Histogram => histogram_family(&s.name).map(|f| otlp::series_key(f, m.iter().copied())),
+                    Kind::Histogram => {
+                        histogram_family(&s.name).map(|f| otlp::series_key(f, m.iter().copied()))
+                    }
                     Kind::Gauge | Kind::Untyped => None,
                 };
                 if let Some(key) = &key {

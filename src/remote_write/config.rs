@@ -172,8 +172,13 @@ pub(super) enum Auth {
         source: credentials::Source,
         sts: reqwest::Url,
     },
-    Basic { username: String, password_file: PathBuf },
-    Bearer { token_file: PathBuf },
+    Basic {
+        username: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
 }
 
 /// A checked endpoint.
@@ -300,11 +305,17 @@ impl EndpointConfig {
                         .map_err(|e| bad("auth.sigv4", "STS endpoint", &e))?;
                     let service = match &s.service {
                         Some(service) => service.clone(),
-                        None if url.host_str().is_some_and(|h| h.starts_with("monitoring.")) => "monitoring".into(),
+                        None if url.host_str().is_some_and(|h| h.starts_with("monitoring.")) => {
+                            "monitoring".into()
+                        }
                         None => "aps".into(),
                     };
                     if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                        return Err(bad("auth.sigv4.service", &service, "is not an AWS service name such as aps"));
+                        return Err(bad(
+                            "auth.sigv4.service",
+                            &service,
+                            "is not an AWS service name such as aps",
+                        ));
                     }
                     Auth::Sigv4 { region, service, role_arn: s.role_arn.clone(), source, sts }
                 }

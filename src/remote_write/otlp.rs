@@ -69,18 +69,15 @@ pub(super) struct Starts {
 impl Starts {
     /// The start of `key` whose value at `at_ms` is `value`.
     pub(super) fn observe(&mut self, key: &str, at_ms: i64, value: f64) -> i64 {
-        match self.series.get_mut(key) {
-            Some((start, last)) => {
-                if value < *last {
-                    *start = at_ms;
-                }
-                *last = value;
-                *start
+        if let Some((start, last)) = self.series.get_mut(key) {
+            if value < *last {
+                *start = at_ms;
             }
-            None => {
-                self.series.insert(key.to_owned(), (at_ms, value));
-                at_ms
-            }
+            *last = value;
+            *start
+        } else {
+            self.series.insert(key.to_owned(), (at_ms, value));
+            at_ms
         }
     }
 
@@ -100,7 +97,9 @@ impl Starts {
         for (encoded, value) in labels.iter().zip(values) {
             let Ok(labels) = decode_labels(encoded) else { continue };
             let get = |name: &str| labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-            let (Some(kind), Some(start), Some(name)) = (get(TYPE), get(START), get("__name__")) else { continue };
+            let (Some(kind), Some(start), Some(name)) = (get(TYPE), get(START), get("__name__")) else {
+                continue;
+            };
             let Ok(start) = start.parse::<i64>() else { continue };
             let family = match kind {
                 COUNTER => name,
@@ -197,6 +196,10 @@ struct HistogramPoint {
 }
 
 type Attributes = Vec<(String, String)>;
+/// Metric name and kind → (attributes, start ms, time ms, value), in arrival order.
+type Numbers = BTreeMap<(String, Kind), Vec<(Attributes, i64, i64, f64)>>;
+/// Histogram name → ((attributes, time ms), start ms, point), in arrival order.
+type Histograms = BTreeMap<String, Vec<((Attributes, i64), i64, HistogramPoint)>>;
 
 /// Encodes `points` (series labels as the queue holds them, Unix ms, value), in time order,
 /// as one `ExportMetricsServiceRequest` with `resource` as its resource's attributes.
@@ -206,21 +209,19 @@ pub(super) fn export_request<'a>(
     points: impl IntoIterator<Item = (&'a [u8], i64, f64)>,
 ) -> Vec<u8> {
     let mut described: HashMap<&[u8], Series> = HashMap::new();
-    // Metric name → (kind, points in arrival order).
-    let mut numbers: BTreeMap<(String, Kind), Vec<(Attributes, i64, i64, f64)>> = BTreeMap::new();
-    let mut histograms: BTreeMap<String, Vec<((Attributes, i64), i64, HistogramPoint)>> = BTreeMap::new();
+    let mut numbers = Numbers::new();
+    let mut histograms = Histograms::new();
     for (labels, at_ms, value) in points {
         let s = described.entry(labels).or_insert_with(|| describe(labels));
         match (s.kind, s.part) {
             (Kind::Histogram, part) if !matches!(part, Part::Value) => {
                 let list = histograms.entry(s.metric.clone()).or_default();
                 let key = (s.attributes.clone(), at_ms);
-                let index = match list.iter().rposition(|(k, _, _)| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        list.push((key, s.start_ms, HistogramPoint::default()));
-                        list.len() - 1
-                    }
+                let index = if let Some(i) = list.iter().rposition(|(k, _, _)| *k == key) {
+                    i
+                } else {
+                    list.push((key, s.start_ms, HistogramPoint::default()));
+                    list.len() - 1
                 };
                 let point = &mut list[index].2;
                 match part {
@@ -241,9 +242,15 @@ pub(super) fn export_request<'a>(
             }
         }
     }
+    let mut metrics = encode_numbers(&numbers);
+    metrics.extend(encode_histograms(&histograms));
+    encode_request(resource, version, &metrics)
+}
 
+/// One `Metric` (a `Gauge` or a cumulative monotonic `Sum`) per name.
+fn encode_numbers(numbers: &Numbers) -> Vec<Vec<u8>> {
     let mut metrics = Vec::new();
-    for ((name, kind), points) in &numbers {
+    for ((name, kind), points) in numbers {
         let mut data = Vec::new();
         for (attributes, start_ms, at_ms, value) in points {
             let mut p = Vec::with_capacity(64);
@@ -268,7 +275,13 @@ pub(super) fn export_request<'a>(
         }
         metrics.push(metric);
     }
-    for (name, points) in &histograms {
+    metrics
+}
+
+/// One cumulative `Histogram` per name.
+fn encode_histograms(histograms: &Histograms) -> Vec<Vec<u8>> {
+    let mut metrics = Vec::new();
+    for (name, points) in histograms {
         let mut data = Vec::new();
         for ((attributes, at_ms), start_ms, point) in points {
             let mut p = Vec::with_capacity(128);
@@ -306,13 +319,17 @@ pub(super) fn export_request<'a>(
         put_bytes(&mut metric, 9, &data);
         metrics.push(metric);
     }
+    metrics
+}
 
+/// The request around encoded `Metric`s: one resource, one scope.
+fn encode_request(resource: &[(String, String)], version: &str, metrics: &[Vec<u8>]) -> Vec<u8> {
     let mut scope_metrics = Vec::new();
     let mut scope = Vec::new();
     put_bytes(&mut scope, 1, b"enawatch");
     put_bytes(&mut scope, 2, version.as_bytes());
     put_bytes(&mut scope_metrics, 1, &scope);
-    for m in &metrics {
+    for m in metrics {
         put_bytes(&mut scope_metrics, 2, m);
     }
     let mut res = Vec::new();
@@ -353,7 +370,11 @@ fn nanos(ms: i64) -> u64 {
 }
 
 /// A histogram count, carried as a float by the queue, as OTLP's integer.
-#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "counts are non-negative integers")]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "counts are non-negative integers"
+)]
 fn count(v: f64) -> u64 {
     v.round().max(0.0) as u64
 }
@@ -376,7 +397,8 @@ mod tests {
 
     #[test]
     fn seeded_starts_survive_a_restart() {
-        let labels = encode_labels([("__name__", "x_total"), (START, "1234"), (TYPE, COUNTER), ("device", "eth0")]);
+        let labels =
+            encode_labels([("__name__", "x_total"), (START, "1234"), (TYPE, COUNTER), ("device", "eth0")]);
         let mut s = Starts::default();
         s.seed(&[labels.into_boxed_slice()], &[10.0]);
         let key = series_key("x_total", [("device", "eth0")]);
@@ -385,14 +407,22 @@ mod tests {
 
     #[test]
     fn histogram_buckets_become_per_bucket_counts() {
-        let b = |le: &str| encode_labels([("__name__", "h_bucket"), (START, "1000"), (TYPE, HISTOGRAM), ("le", le)]);
+        let b = |le: &str| {
+            encode_labels([("__name__", "h_bucket"), (START, "1000"), (TYPE, HISTOGRAM), ("le", le)])
+        };
         let (b1, b2, inf) = (b("1"), b("2"), b("+Inf"));
         let sum = encode_labels([("__name__", "h_sum"), (START, "1000"), (TYPE, HISTOGRAM)]);
         let count = encode_labels([("__name__", "h_count"), (START, "1000"), (TYPE, HISTOGRAM)]);
         let body = export_request(
             &[],
             "0",
-            [(&b1[..], 2000, 3.0), (&b2[..], 2000, 5.0), (&inf[..], 2000, 6.0), (&sum[..], 2000, 7.5), (&count[..], 2000, 6.0)],
+            [
+                (&b1[..], 2000, 3.0),
+                (&b2[..], 2000, 5.0),
+                (&inf[..], 2000, 6.0),
+                (&sum[..], 2000, 7.5),
+                (&count[..], 2000, 6.0),
+            ],
         );
         // bucket_counts, packed: 3, 2, 1.
         let packed: Vec<u8> = [3u64, 2, 1].iter().flat_map(|c| c.to_le_bytes()).collect();

@@ -324,11 +324,10 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
 /// from IMDSv2 when it answers within [`IMDS_TIMEOUT`] (the sender's first request waits for
 /// it, once; the sampler and the collector never do).
 async fn resource(e: &super::Endpoint, env: fn(&str) -> Option<String>) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = vec![
-        ("service.name".into(), "enawatch".into()),
-        ("service.version".into(), VERSION.into()),
-    ];
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let mut out: Vec<(String, String)> =
+        vec![("service.name".into(), "enawatch".into()), ("service.version".into(), VERSION.into())];
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     if !host.is_empty() {
         out.push(("host.name".into(), host));
     }
@@ -346,8 +345,12 @@ async fn resource(e: &super::Endpoint, env: fn(&str) -> Option<String>) -> Vec<(
             out.push(("cloud.availability_zone".into(), id.availability_zone));
             out.push(("host.id".into(), id.instance_id));
         }
-        Ok(Err(err)) => info!(endpoint = %e.name, reason = %err, "IMDS not reachable: the OTLP resource has no host.id or cloud.availability_zone"),
-        Err(_) => info!(endpoint = %e.name, "IMDS did not answer in time: the OTLP resource has no host.id or cloud.availability_zone"),
+        Ok(Err(err)) => {
+            info!(endpoint = %e.name, reason = %err, "IMDS not reachable: the OTLP resource has no host.id or cloud.availability_zone");
+        }
+        Err(_) => {
+            info!(endpoint = %e.name, "IMDS did not answer in time: the OTLP resource has no host.id or cloud.availability_zone");
+        }
     }
     if let Some(region) = region {
         out.push(("cloud.region".into(), region));

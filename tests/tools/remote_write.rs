@@ -85,7 +85,11 @@ impl RemoteWriteAgent for Agent<'_> {
 
 /// A series as `name{a="x",b="y"}`: labels sorted, empty values dropped (an empty label is
 /// no label, to Prometheus), `skip` labels left out.
-pub(crate) fn canonical(name: &str, labels: impl IntoIterator<Item = (String, String)>, skip: &[&str]) -> String {
+pub(crate) fn canonical(
+    name: &str,
+    labels: impl IntoIterator<Item = (String, String)>,
+    skip: &[&str],
+) -> String {
     let mut labels: Vec<(String, String)> =
         labels.into_iter().filter(|(k, v)| !v.is_empty() && !skip.contains(&k.as_str())).collect();
     labels.sort();

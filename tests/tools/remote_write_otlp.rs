@@ -63,8 +63,12 @@ impl Receiver {
 
     fn set(&self, mode: &str) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "POST /_mode HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{mode}", mode.len())
-            .unwrap();
+        write!(
+            s,
+            "POST /_mode HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{mode}",
+            mode.len()
+        )
+        .unwrap();
         let mut reply = String::new();
         BufReader::new(s).read_line(&mut reply).unwrap();
         assert!(reply.contains(" 200 "), "{reply}");
@@ -114,7 +118,12 @@ fn ms(ns: &Json) -> i64 {
 }
 
 fn attributes(p: &Json) -> Vec<(String, String)> {
-    p["attributes"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect()
+    p["attributes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
 }
 
 /// Every point, as Prometheus would name its samples: series → time (ms) → (value, start ms).
@@ -125,7 +134,8 @@ fn samples(points: &[Json]) -> BTreeMap<String, BTreeMap<i64, Vec<(f64, i64)>>> 
         let (at, start) = (ms(&p["time"]), ms(&p["start"]));
         let name = p["metric"].as_str().unwrap();
         let attrs = attributes(p);
-        let mut put = |key: String, v: f64| out.entry(key).or_default().entry(at).or_default().push((v, start));
+        let mut put =
+            |key: String, v: f64| out.entry(key).or_default().entry(at).or_default().push((v, start));
         match p["type"].as_str().unwrap() {
             "sum" => {
                 assert_eq!(p["temporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE", "{p}");
@@ -139,8 +149,10 @@ fn samples(points: &[Json]) -> BTreeMap<String, BTreeMap<i64, Vec<(f64, i64)>>> 
             }
             "histogram" => {
                 assert_eq!(p["temporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE", "{p}");
-                let bounds: Vec<f64> = p["bounds"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
-                let buckets: Vec<f64> = p["buckets"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+                let bounds: Vec<f64> =
+                    p["bounds"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+                let buckets: Vec<f64> =
+                    p["buckets"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
                 let mut cumulative = 0.0;
                 for (i, n) in buckets.iter().enumerate() {
                     cumulative += n;
@@ -195,7 +207,10 @@ fn otlp_points_equal_what_metrics_showed_and_a_driver_reset_moves_no_start() {
     assert_eq!(r["cloud.region"], "us-west-2", "from IMDS: {r}");
     assert_eq!(r["cloud.availability_zone"], "us-west-2b");
     assert_eq!(r["host.id"], "i-0123456789abcdef0");
-    assert!(r["service.version"].as_str().is_some_and(|v| !v.is_empty()) && r["host.name"].is_string(), "{r}");
+    assert!(
+        r["service.version"].as_str().is_some_and(|v| !v.is_empty()) && r["host.name"].is_string(),
+        "{r}"
+    );
 
     let got = samples(points);
     let shown: BTreeMap<i64, BTreeMap<String, f64>> = shown
@@ -212,11 +227,20 @@ fn otlp_points_equal_what_metrics_showed_and_a_driver_reset_moves_no_start() {
             }
             let points = got.get(key).and_then(|s| s.get(at));
             let values: Option<Vec<f64>> = points.map(|p| p.iter().map(|(v, _)| *v).collect());
-            assert_eq!(values, Some(vec![*value]), "{key} at {at}: /metrics showed {value}, OTLP has {values:?}");
+            assert_eq!(
+                values,
+                Some(vec![*value]),
+                "{key} at {at}: /metrics showed {value}, OTLP has {values:?}"
+            );
             compared += 1;
         }
     }
     assert!(compared > 300, "compared {compared} values");
+    let histogram = "ena_linklocal_packets_per_second_bucket";
+    assert!(
+        shown.values().flat_map(BTreeMap::keys).any(|k| k.starts_with(histogram)),
+        "the histogram was compared"
+    );
     // Nothing but what /metrics shows.
     let last_shown = *shown.keys().last().unwrap();
     for (key, by_time) in &got {
@@ -231,7 +255,11 @@ fn otlp_points_equal_what_metrics_showed_and_a_driver_reset_moves_no_start() {
     assert!(got[linklocal].values().flatten().any(|(v, _)| *v > 0.0));
     for (key, by_time) in &got {
         let starts: BTreeSet<i64> = by_time.values().flatten().map(|(_, s)| *s).collect();
-        if name_of(key).ends_with("_total") || key.contains("_bucket") || key.contains("_count") || key.contains("_sum") {
+        if name_of(key).ends_with("_total")
+            || key.contains("_bucket")
+            || key.contains("_count")
+            || key.contains("_sum")
+        {
             assert_eq!(starts.len(), 1, "{key}: start times {starts:?}");
             let first = *by_time.keys().next().unwrap();
             assert!(starts.iter().all(|&s| s <= first && s > 0), "{key}: {starts:?}, first point {first}");
