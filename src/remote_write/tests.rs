@@ -202,3 +202,39 @@ fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
     assert_eq!(steps(1), [(12_000, 12.0)]);
     assert!(steps(0).is_empty());
 }
+
+#[test]
+fn otlp_endpoints_and_cloudwatch_sigv4() {
+    let creds = [("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "B")];
+    let cw = "url: https://monitoring.eu-central-1.amazonaws.com\nprotocol: otlp\nauth: {sigv4: {}}\n";
+    let e = resolve(cw, &creds).unwrap();
+    assert_eq!(e.protocol, Protocol::Otlp);
+    assert_eq!(e.url.as_str(), "https://monitoring.eu-central-1.amazonaws.com/v1/metrics");
+    let Auth::Sigv4 { region, service, .. } = &e.auth else { panic!("sigv4") };
+    assert_eq!((region.as_str(), service.as_str()), ("eu-central-1", "monitoring"));
+    // The printed configuration reads back to the same endpoint.
+    let printed = yaml_serde::to_string(&e.effective()).unwrap();
+    assert!(printed.contains("protocol: otlp") && printed.contains("service: monitoring"), "{printed}");
+    assert_eq!(
+        endpoint(&printed).resolve_with(3, Duration::from_secs(1), &env(&creds)).unwrap().effective(),
+        e.effective()
+    );
+
+    // A collector's base URL gets the signal's path once; a full one is kept.
+    let e = resolve("url: http://otel:4318/\nprotocol: otlp\n", &[]).unwrap();
+    assert_eq!(e.url.as_str(), "http://otel:4318/v1/metrics");
+    let e = resolve("url: http://otel:4318/v1/metrics\nprotocol: otlp\n", &[]).unwrap();
+    assert_eq!(e.url.as_str(), "http://otel:4318/v1/metrics");
+    // Remote write is the default, and AMP signs for aps.
+    let amp = "url: https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write\n\
+               auth: {sigv4: {}}\n";
+    let e = resolve(amp, &creds).unwrap();
+    assert_eq!(e.protocol, Protocol::RemoteWrite);
+    assert!(matches!(e.auth, Auth::Sigv4 { ref service, .. } if service == "aps"));
+    assert!(!yaml_serde::to_string(&e.effective()).unwrap().contains("protocol"));
+    assert!(resolve("url: http://x/\nprotocol: grpc\n", &[])
+        .unwrap_err()
+        .contains("must be remote_write or otlp"));
+    let bad = "url: http://x/\nauth: {sigv4: {region: us-east-1, service: 'a b'}}\n";
+    assert!(resolve(bad, &creds).unwrap_err().contains("auth.sigv4.service"));
+}
