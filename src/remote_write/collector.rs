@@ -176,7 +176,8 @@ impl Pusher {
                 queue = %HumanDuration(e.queue_duration),
                 spool = e.spool_dir.is_some(),
                 auth = %e.describe_auth(),
-                "pushing samples with remote write"
+                protocol = ?e.protocol,
+                "pushing samples"
             );
             tokio::spawn(sender::run(Arc::clone(shared)));
         }
