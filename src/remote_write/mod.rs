@@ -1,5 +1,7 @@
 //! Remote Write 1.0: the agent pushes its own samples to Amazon Managed Service for
-//! Prometheus (SigV4), Mimir, Thanos Receive, VictoriaMetrics or Prometheus's receiver.
+//! Prometheus (SigV4), Mimir, Thanos Receive, VictoriaMetrics or Prometheus's receiver; and,
+//! with the same machinery and a second encoding (otlp.rs, `protocol: otlp`), as OTLP/HTTP
+//! metrics to an OpenTelemetry collector or CloudWatch (SigV4, service `monitoring`).
 //!
 //! ```text
 //! store (latest snapshot) --poll--> collector thread --step--> spool (optional, on disk)
