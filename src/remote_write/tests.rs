@@ -238,3 +238,62 @@ fn otlp_endpoints_and_cloudwatch_sigv4() {
     let bad = "url: http://x/\nauth: {sigv4: {region: us-east-1, service: 'a b'}}\n";
     assert!(resolve(bad, &creds).unwrap_err().contains("auth.sigv4.service"));
 }
+
+/// An OTLP endpoint's steps carry each series' type and start: the start stays while a
+/// counter grows and moves when it goes down (here the agent's own tick counter, as after a
+/// restart); gauges have none.
+#[test]
+fn otlp_steps_carry_types_and_start_times_that_move_only_on_a_restart() {
+    let e = endpoint("url: http://127.0.0.1:9/\nname: otel\nprotocol: otlp\nresolution: 1s\n");
+    let endpoints = resolve_all(&[e], Duration::from_secs(1)).unwrap();
+    let stats = stats(&endpoints);
+    let store = Arc::new(Store::new(10));
+    let options = metrics::Options {
+        compat: Vec::new(),
+        interval: Duration::from_secs(1),
+        notify: None,
+        remote_write: Some(Arc::clone(&stats)),
+    };
+    let mut pusher =
+        Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, Duration::from_secs(1)).unwrap();
+    pusher.stop_collecting();
+    let mut collector = Collector::new(
+        pusher.shared.clone(),
+        Arc::clone(&store),
+        options,
+        Duration::from_secs(1),
+        vec![i64::MIN],
+    );
+    let base = 1_790_000_000_000;
+    // Ticks 1..=4, then the counter starts over at 1 (what a new process shows).
+    for (k, seq) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 1)] {
+        store.publish(Arc::new(Snapshot { seq, at_ms: base + k * 1000, ..Snapshot::empty() }));
+        collector.poll();
+    }
+    let mut q = pusher.shared[0].lock();
+    let batch = q.take(1_000_000).unwrap();
+    let decoded = proto::decode_request(&proto::compress(&batch.encode())).unwrap();
+    let label = |s: &proto::DecodedSeries, name: &str| {
+        s.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let mut ticks = Vec::new();
+    for s in &decoded {
+        let name = label(s, "__name__").unwrap();
+        let kind = label(s, otlp::TYPE).unwrap();
+        match kind.as_str() {
+            otlp::COUNTER => assert!(label(s, otlp::START).is_some(), "{name}"),
+            otlp::GAUGE => assert!(label(s, otlp::START).is_none(), "{name}"),
+            otlp::HISTOGRAM => {}
+            other => panic!("{name}: {other}"),
+        }
+        if name == "enawatch_samples_total" {
+            let start: i64 = label(s, otlp::START).unwrap().parse().unwrap();
+            ticks.extend(s.samples.iter().map(|(t, v)| (t - base, *v, start - base)));
+        }
+    }
+    ticks.sort_by_key(|t| t.0);
+    let tick_starts: Vec<i64> = ticks.iter().map(|t| t.2).collect();
+    assert_eq!(ticks.len(), 5, "{ticks:?}");
+    assert_eq!(tick_starts[..4], [1000; 4], "{ticks:?}");
+    assert_eq!(tick_starts[4], 5000, "went down: a new start {ticks:?}");
+}
