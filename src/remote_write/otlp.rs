@@ -43,11 +43,13 @@ const CUMULATIVE: u64 = 2;
 /// Identifies a series across steps for its start time: the family and its labels, without
 /// the name, `le` and the OTLP labels (a histogram's series share one start).
 pub(super) fn series_key<'a>(family: &str, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut labels: Vec<(&str, &str)> =
+        labels.into_iter().filter(|(k, _)| !matches!(*k, "__name__" | "le" | TYPE | START)).collect();
+    // The same key whatever the order: the collector's labels are not sorted yet, the
+    // spool's are.
+    labels.sort_unstable();
     let mut key = family.to_owned();
     for (k, v) in labels {
-        if k == "__name__" || k == "le" || k == TYPE || k == START {
-            continue;
-        }
         key.push('\u{0}');
         key.push_str(k);
         key.push('=');
@@ -402,6 +404,7 @@ mod tests {
         let mut s = Starts::default();
         s.seed(&[labels.into_boxed_slice()], &[10.0]);
         let key = series_key("x_total", [("device", "eth0")]);
+        assert_eq!(series_key("x", [("b", "1"), ("a", "2")]), series_key("x", [("a", "2"), ("b", "1")]));
         assert_eq!(s.observe(&key, 9000, 10.0), 1234);
     }
 

@@ -354,6 +354,15 @@ fn otlp_across_an_outage_and_an_agent_restart_every_point_arrives_once() {
     assert_eq!(distinct.len(), 2, "{distinct:?}");
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "starts go forward: {starts:?}");
     assert!(log.contains("spool: resending"), "{log}");
+    // A counter that continued across the restart (the drop counters, flat in this scenario)
+    // kept its start: the new process took it from the spool.
+    let drops: Vec<_> =
+        got.iter().filter(|(k, _)| name_of(k) == "ena_allowance_exceeded_packets_total").collect();
+    assert!(!drops.is_empty());
+    for (key, by_time) in drops {
+        let starts: BTreeSet<i64> = by_time.values().flatten().map(|(_, s)| *s).collect();
+        assert_eq!(starts.len(), 1, "{key}: {starts:?}");
+    }
 }
 
 /// CloudWatch's OTLP endpoint: every request signed for `monitoring`, recomputed by
