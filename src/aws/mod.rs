@@ -4,6 +4,7 @@
 //! import each other.
 
 pub mod credentials;
+pub mod imds;
 pub mod sigv4;
 
 use std::fmt;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::config::Protocol;
+use super::otlp::{self, Starts};
 use super::queue::{Queue, SeriesSet, Step};
 use super::spool::Spool;
 use super::{proto, sender, Endpoint};
@@ -82,6 +84,7 @@ impl Pusher {
     ) -> Result<Self, SpoolError> {
         let mut shared = Vec::new();
         let mut last_at = Vec::new();
+        let mut otlp_starts = Vec::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
             let mut queue = Queue::new(endpoint.queue_steps, 1);
             let mut spool = None;
@@ -112,6 +115,11 @@ impl Pusher {
                 let samples: usize =
                     recovered.steps.iter().map(|s| s.len()).sum::<usize>() - recovered.offset;
                 let steps = recovered.steps.len();
+                let mut seeded = Starts::default();
+                if let Some(step) = recovered.steps.last().filter(|_| endpoint.protocol == Protocol::Otlp) {
+                    seeded.seed(&step.set.labels, &step.values);
+                }
+                otlp_starts.push(seeded);
                 let dropped = queue.restore(recovered.steps, recovered.offset);
                 stats[index].dropped.fetch_add(dropped as u64, Ordering::Relaxed);
                 s.trim(&queue.needed()).map_err(error)?;
@@ -121,6 +129,7 @@ impl Pusher {
                 spool = Some(Mutex::new(s));
             }
             stats[index].pending.store(queue.pending() as u64, Ordering::Relaxed);
+            otlp_starts.resize_with(index + 1, Starts::default);
             last_at.push(last);
             shared.push(Arc::new(Shared {
                 endpoint: endpoint.clone(),
@@ -134,6 +143,7 @@ impl Pusher {
         }
         let options = metrics::Options { compat: Vec::new(), ..options.clone() };
         let mut collector = Collector::new(shared.clone(), store, options, interval, last_at);
+        collector.starts = otlp_starts;
         let (stop, stopped) = mpsc::channel::<()>();
         // Often enough to see every snapshot (several polls per interval), rarely enough to
         // cost nothing: a poll is a read lock and an Arc clone.
@@ -166,7 +176,8 @@ impl Pusher {
                 queue = %HumanDuration(e.queue_duration),
                 spool = e.spool_dir.is_some(),
                 auth = %e.describe_auth(),
-                "pushing samples with remote write"
+                protocol = ?e.protocol,
+                "pushing samples"
             );
             tokio::spawn(sender::run(Arc::clone(shared)));
         }
@@ -227,6 +238,8 @@ pub(super) struct Collector {
     held: Vec<Option<Arc<Snapshot>>>,
     /// Per endpoint: the series of its last step, shared by the next while unchanged.
     sets: Vec<Option<Arc<SeriesSet>>>,
+    /// Per endpoint: the start times of its series (OTLP endpoints only).
+    starts: Vec<Starts>,
     spool_failing: Vec<bool>,
 }
 
@@ -248,6 +261,7 @@ impl Collector {
             last_at,
             held: vec![None; n],
             sets: vec![None; n],
+            starts: (0..n).map(|_| Starts::default()).collect(),
             spool_failing: vec![false; n],
         }
     }
@@ -315,22 +329,66 @@ impl Collector {
     fn push(&mut self, i: usize, at_ms: i64, samples: &[Sample]) {
         let shared = Arc::clone(&self.shared[i]);
         let external = &shared.endpoint.external_labels;
-        let mut labels = Vec::with_capacity(samples.len());
-        let mut values = Vec::with_capacity(samples.len());
-        let mut merged: Vec<(&str, &str)> = Vec::new();
+        let otlp = shared.endpoint.protocol == Protocol::Otlp;
+        let mut merged: Vec<Vec<(&str, &str)>> = Vec::with_capacity(samples.len());
         for s in samples {
-            merged.clear();
-            merged.push(("__name__", &s.name));
-            merged.extend(
-                s.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())),
-            );
+            let mut m: Vec<(&str, &str)> = Vec::with_capacity(s.labels.len() + external.len() + 3);
+            m.push(("__name__", &s.name));
+            m.extend(s.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())));
             for (k, v) in external {
-                if !merged.iter().any(|(n, _)| n == k) {
-                    merged.push((k, v));
+                if !m.iter().any(|(n, _)| n == k) {
+                    m.push((k, v));
                 }
             }
-            merged.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            labels.push(proto::encode_labels(merged.iter().copied()).into_boxed_slice());
+            merged.push(m);
+        }
+        // OTLP: the type and start time of each series travel as two labels of their own
+        // (see [`otlp`]). Counters and histograms' `_count` say when a series restarts;
+        // a histogram's other series take its start.
+        let mut starts: Vec<Option<String>> = vec![None; samples.len()];
+        if otlp {
+            let tracker = &mut self.starts[i];
+            let mut keys = Vec::with_capacity(samples.len());
+            let mut seen = std::collections::HashSet::new();
+            for (s, m) in samples.iter().zip(&merged) {
+                let key = match s.kind {
+                    Kind::Counter => Some(otlp::series_key(&s.name, m.iter().copied())),
+                    Kind::Histogram => {
+                        histogram_family(&s.name).map(|f| otlp::series_key(f, m.iter().copied()))
+                    }
+                    Kind::Gauge | Kind::Untyped => None,
+                };
+                if let Some(key) = &key {
+                    if s.kind == Kind::Counter || s.name.ends_with("_count") {
+                        tracker.observe(key, at_ms, s.value);
+                        seen.insert(key.clone());
+                    }
+                }
+                keys.push(key);
+            }
+            tracker.retain(&seen);
+            for (start, key) in starts.iter_mut().zip(&keys) {
+                *start = key.as_ref().map(|k| tracker.get(k).unwrap_or(at_ms).to_string());
+            }
+        }
+        let mut labels = Vec::with_capacity(samples.len());
+        let mut values = Vec::with_capacity(samples.len());
+        for ((s, mut m), start) in samples.iter().zip(merged).zip(&starts) {
+            if otlp {
+                m.push((
+                    otlp::TYPE,
+                    match s.kind {
+                        Kind::Counter => otlp::COUNTER,
+                        Kind::Histogram => otlp::HISTOGRAM,
+                        Kind::Gauge | Kind::Untyped => otlp::GAUGE,
+                    },
+                ));
+                if let Some(start) = start {
+                    m.push((otlp::START, start));
+                }
+            }
+            m.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            labels.push(proto::encode_labels(m.iter().copied()).into_boxed_slice());
             values.push(s.value);
         }
         let set = match &self.sets[i] {
@@ -375,6 +433,7 @@ impl Collector {
 /// One sample of a native family, as `/metrics` shows it.
 #[derive(Debug)]
 struct Sample {
+    kind: Kind,
     name: String,
     labels: Vec<(String, String)>,
     value: f64,
@@ -382,9 +441,11 @@ struct Sample {
 
 /// The native families of a snapshot, through the same code as `/metrics`.
 fn collect(snapshot: &Snapshot, options: &metrics::Options) -> Vec<Sample> {
-    struct Samples(Vec<Sample>);
+    struct Samples(Vec<Sample>, Kind);
     impl Sink for Samples {
-        fn family(&mut self, _name: &str, _kind: Kind, _help: &str) {}
+        fn family(&mut self, _name: &str, kind: Kind, _help: &str) {
+            self.1 = kind;
+        }
         fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value) {
             let value = match value {
                 // What a scrape would store: Prometheus parses every value as a float.
@@ -392,10 +453,15 @@ fn collect(snapshot: &Snapshot, options: &metrics::Options) -> Vec<Sample> {
                 Value::Float(v) => v,
             };
             let labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-            self.0.push(Sample { name: name.to_owned(), labels, value });
+            self.0.push(Sample { kind: self.1, name: name.to_owned(), labels, value });
         }
     }
-    let mut out = Samples(Vec::with_capacity(128));
+    let mut out = Samples(Vec::with_capacity(128), Kind::Untyped);
     metrics::visit(snapshot, options, &mut out);
     out.0
+}
+
+/// The family of a histogram's series (`_bucket`, `_sum`, `_count`).
+fn histogram_family(name: &str) -> Option<&str> {
+    name.strip_suffix("_bucket").or_else(|| name.strip_suffix("_sum")).or_else(|| name.strip_suffix("_count"))
 }

@@ -18,8 +18,14 @@ use crate::base::{parse_duration, ConfigError, HumanDuration};
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// The receiver's URL, e.g. AMP's
-    /// `https://aps-workspaces.REGION.amazonaws.com/workspaces/WORKSPACE_ID/api/v1/remote_write`.
+    /// `https://aps-workspaces.REGION.amazonaws.com/workspaces/WORKSPACE_ID/api/v1/remote_write`;
+    /// with `protocol: otlp`, an OTLP/HTTP base URL (`/v1/metrics` is appended unless the
+    /// path already ends with it), e.g. CloudWatch's `https://monitoring.REGION.amazonaws.com`.
     pub url: String,
+    /// `remote_write` (Prometheus Remote Write 1.0, the default) or `otlp` (OTLP/HTTP
+    /// protobuf metrics). Both share the queue, spool, retries and self-metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// A name for logs, metrics (`endpoint` label) and the spool directory: letters, digits,
     /// `.`, `_`, `-`, `:`. Default: the URL's host and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +100,10 @@ pub struct Sigv4Config {
     /// workspace of another account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    /// The service signed for. Default: `monitoring` for a `monitoring.REGION.amazonaws.com`
+    /// URL (CloudWatch's OTLP endpoint), else `aps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// `auth.basic`.
@@ -142,13 +152,33 @@ const RESERVED_HEADERS: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// What an endpoint's requests carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Prometheus Remote Write 1.0, snappy-compressed.
+    RemoteWrite,
+    /// OTLP/HTTP protobuf (`ExportMetricsServiceRequest` to `/v1/metrics`).
+    Otlp,
+}
+
 /// How requests are authenticated.
 #[derive(Clone)]
 pub(super) enum Auth {
     None,
-    Sigv4 { region: String, role_arn: Option<String>, source: credentials::Source, sts: reqwest::Url },
-    Basic { username: String, password_file: PathBuf },
-    Bearer { token_file: PathBuf },
+    Sigv4 {
+        region: String,
+        service: String,
+        role_arn: Option<String>,
+        source: credentials::Source,
+        sts: reqwest::Url,
+    },
+    Basic {
+        username: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
 }
 
 /// A checked endpoint.
@@ -156,6 +186,7 @@ pub(super) enum Auth {
 pub struct Endpoint {
     /// Name for logs and metrics.
     pub name: String,
+    pub(super) protocol: Protocol,
     pub(super) url: reqwest::Url,
     pub(super) auth: Auth,
     pub(super) ca: Vec<reqwest::Certificate>,
@@ -200,8 +231,18 @@ impl EndpointConfig {
             value: format!("[{index}] {field}: {value}"),
             problem: problem.to_owned(),
         };
-        let url = reqwest::Url::parse(&self.url)
+        let protocol = match self.protocol.as_deref() {
+            None | Some("remote_write") => Protocol::RemoteWrite,
+            Some("otlp") => Protocol::Otlp,
+            Some(other) => return Err(bad("protocol", other, "must be remote_write or otlp")),
+        };
+        let mut url = reqwest::Url::parse(&self.url)
             .map_err(|e| bad("url", &self.url, &format!("is not a URL ({e})")))?;
+        if protocol == Protocol::Otlp && !url.path().ends_with("/v1/metrics") {
+            // OTLP/HTTP's convention: the configured URL is the base, the signal's path follows.
+            let path = format!("{}/v1/metrics", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+        }
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
             return Err(bad("url", &self.url, "must be an http:// or https:// URL with a host"));
         }
@@ -262,7 +303,21 @@ impl EndpointConfig {
                         env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or(region.clone());
                     let sts = credentials::sts_endpoint(env, &sts_region)
                         .map_err(|e| bad("auth.sigv4", "STS endpoint", &e))?;
-                    Auth::Sigv4 { region, role_arn: s.role_arn.clone(), source, sts }
+                    let service = match &s.service {
+                        Some(service) => service.clone(),
+                        None if url.host_str().is_some_and(|h| h.starts_with("monitoring.")) => {
+                            "monitoring".into()
+                        }
+                        None => "aps".into(),
+                    };
+                    if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                        return Err(bad(
+                            "auth.sigv4.service",
+                            &service,
+                            "is not an AWS service name such as aps",
+                        ));
+                    }
+                    Auth::Sigv4 { region, service, role_arn: s.role_arn.clone(), source, sts }
                 }
                 (None, Some(b), None) => {
                     if b.username.is_empty() {
@@ -407,6 +462,7 @@ impl EndpointConfig {
 
         Ok(Endpoint {
             name,
+            protocol,
             url,
             auth,
             ca,
@@ -429,7 +485,7 @@ impl EndpointConfig {
 /// The region of an AMP URL: the label after `aps-workspaces…` in the host.
 fn region_of(url: &reqwest::Url) -> Option<String> {
     let labels: Vec<&str> = url.host_str()?.split('.').collect();
-    let at = labels.iter().position(|l| l.starts_with("aps-workspaces"))?;
+    let at = labels.iter().position(|l| l.starts_with("aps-workspaces") || *l == "monitoring")?;
     labels.get(at + 1).map(|r| (*r).to_owned())
 }
 
@@ -472,14 +528,20 @@ impl Endpoint {
         let d = |v: Duration| Some(HumanDuration(v).to_string());
         let auth = match &self.auth {
             Auth::None => None,
-            Auth::Sigv4 { region, role_arn, .. } => Some(AuthConfig {
-                sigv4: Some(Sigv4Config { region: Some(region.clone()), role_arn: role_arn.clone() }),
+            Auth::Sigv4 { region, service, role_arn, .. } => Some(AuthConfig {
+                sigv4: Some(Sigv4Config {
+                    region: Some(region.clone()),
+                    role_arn: role_arn.clone(),
+                    // Spelled out only where it is not the Remote Write default.
+                    service: (service != "aps").then(|| service.clone()),
+                }),
                 ..AuthConfig::default()
             }),
             Auth::Basic { .. } | Auth::Bearer { .. } => self.given.auth.clone(),
         };
         EndpointConfig {
             url: self.given.url.clone(),
+            protocol: (self.protocol == Protocol::Otlp).then(|| "otlp".to_owned()),
             name: Some(self.name.clone()),
             auth,
             ca_file: self.given.ca_file.clone(),
@@ -502,10 +564,10 @@ impl Endpoint {
             Auth::None => "none".into(),
             Auth::Basic { username, .. } => format!("basic, user {username}"),
             Auth::Bearer { .. } => "bearer token".into(),
-            Auth::Sigv4 { region, source, role_arn, .. } => {
+            Auth::Sigv4 { region, service, source, role_arn, .. } => {
                 let assume =
                     role_arn.as_ref().map(|r| format!(", then sts:AssumeRole {r}")).unwrap_or_default();
-                format!("SigV4 ({region}), credentials from {}{assume}", source.describe())
+                format!("SigV4 ({service}, {region}), credentials from {}{assume}", source.describe())
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Remote Write 1.0: the agent pushes its own samples to Amazon Managed Service for
-//! Prometheus (SigV4), Mimir, Thanos Receive, VictoriaMetrics or Prometheus's receiver.
+//! Prometheus (SigV4), Mimir, Thanos Receive, VictoriaMetrics or Prometheus's receiver; and,
+//! with the same machinery and a second encoding (otlp.rs, `protocol: otlp`), as OTLP/HTTP
+//! metrics to an OpenTelemetry collector or CloudWatch (SigV4, service `monitoring`).
 //!
 //! ```text
 //! store (latest snapshot) --poll--> collector thread --step--> spool (optional, on disk)
@@ -25,6 +27,7 @@
 
 mod collector;
 mod config;
+mod otlp;
 pub mod proto;
 pub mod queue;
 mod sender;
@@ -34,7 +37,7 @@ use self::collector::Shared;
 pub use self::collector::{stats, Pusher, SpoolError};
 use self::config::Auth;
 pub use self::config::{
-    resolve_all, AuthConfig, BasicConfig, BearerConfig, Endpoint, EndpointConfig, Sigv4Config,
+    resolve_all, AuthConfig, BasicConfig, BearerConfig, Endpoint, EndpointConfig, Protocol, Sigv4Config,
 };
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! messages, skipping fields it does not know.
 
 /// Appends `v` as a protobuf varint.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         #[expect(clippy::cast_possible_truncation, reason = "keeping the low seven bits is the point")]
         out.push((v as u8) | 0x80);
@@ -37,7 +37,7 @@ fn int64(v: i64) -> u64 {
 }
 
 /// Appends field `field` as a length-delimited value (wire type 2).
-fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
     out.push(field << 3 | 2);
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
@@ -88,6 +88,26 @@ pub(crate) fn write_request<'a>(series: impl IntoIterator<Item = (&'a [u8], &'a 
 /// Snappy block format (not the framed format), as Remote Write requires.
 pub(crate) fn compress(body: &[u8]) -> Vec<u8> {
     snap::raw::Encoder::new().compress_vec(body).expect("snappy compresses any input below 4 GiB")
+}
+
+/// The labels of [`encode_labels`]' output, back as (name, value) pairs.
+pub(crate) fn decode_labels(encoded: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (field, value) in fields(encoded)? {
+        if let (1, Field::Bytes(label)) = (field, value) {
+            let (mut name, mut value) = (String::new(), String::new());
+            for (f, v) in fields(label)? {
+                let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
+                match (f, v) {
+                    (1, Field::Bytes(b)) => name = text(b)?,
+                    (2, Field::Bytes(b)) => value = text(b)?,
+                    _ => {}
+                }
+            }
+            out.push((name, value));
+        }
+    }
+    Ok(out)
 }
 
 /// One decoded `TimeSeries`: labels in wire order, then (timestamp ms, value) samples.

@@ -87,6 +87,14 @@ impl Batch {
         }
         proto::write_request(series.iter().map(|(labels, samples)| (*labels, &samples[..])))
     }
+
+    /// The same samples as an OTLP `ExportMetricsServiceRequest` (see [`super::otlp`]).
+    pub(crate) fn encode_otlp(&self, resource: &[(String, String)], version: &str) -> Vec<u8> {
+        let points = self.parts.iter().flat_map(|(step, range)| {
+            range.clone().map(move |i| (&step.set.labels[i][..], step.at_ms, step.values[i]))
+        });
+        super::otlp::export_request(resource, version, points)
+    }
 }
 
 /// The bounded queue of one endpoint.

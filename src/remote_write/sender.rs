@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::config::Protocol;
 use super::queue::Batch;
 use super::{proto, Auth, Shared};
 use crate::aws::credentials::Provider;
@@ -44,7 +45,12 @@ struct Sender {
     /// The last rejection logged (status, when) and how many were not logged since.
     last_rejection: Option<(u16, Instant)>,
     unlogged_rejections: u64,
+    /// OTLP's resource attributes.
+    resource: Vec<(String, String)>,
 }
+
+/// How long an OTLP sender waits for IMDS before its first request (sampling never waits).
+const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the sender of one endpoint until the runtime stops.
 pub(super) async fn run(shared: Arc<Shared>) {
@@ -64,7 +70,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
     };
     let credentials = match &e.auth {
-        Auth::Sigv4 { region, role_arn, source, sts } => {
+        Auth::Sigv4 { region, role_arn, source, sts, .. } => {
             match Provider::new(source.clone(), role_arn.clone(), sts.clone(), region.clone()) {
                 Ok(p) => Some(p),
                 Err(err) => {
@@ -83,6 +89,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             return;
         }
     };
+    let resource = match e.protocol {
+        Protocol::RemoteWrite => Vec::new(),
+        Protocol::Otlp => resource(e, crate::aws::credentials::process_env).await,
+    };
     let mut sender = Sender {
         shared,
         client,
@@ -91,6 +101,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         failing: None,
         last_rejection: None,
         unlogged_rejections: 0,
+        resource,
     };
     loop {
         let batch = sender.next_batch().await;
@@ -145,7 +156,10 @@ impl Sender {
 
     /// Sends until the batch is accepted or rejected, backing off between attempts.
     async fn deliver(&mut self, batch: &Batch) {
-        let body = proto::compress(&batch.encode());
+        let body = match self.shared.endpoint.protocol {
+            Protocol::RemoteWrite => proto::compress(&batch.encode()),
+            Protocol::Otlp => batch.encode_otlp(&self.resource, VERSION),
+        };
         let n = batch.samples as u64;
         let mut retries = self.backoff.retries(self.shared.index as u64);
         loop {
@@ -202,12 +216,13 @@ impl Sender {
 
     async fn attempt(&self, body: &[u8]) -> Outcome {
         let e = &self.shared.endpoint;
-        let mut request = self
-            .client
-            .post(e.url.clone())
-            .header(reqwest::header::CONTENT_ENCODING, "snappy")
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+        let mut request =
+            self.client.post(e.url.clone()).header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+        if e.protocol == Protocol::RemoteWrite {
+            request = request
+                .header(reqwest::header::CONTENT_ENCODING, "snappy")
+                .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+        }
         for (k, v) in &e.headers {
             request = request.header(k, v);
         }
@@ -221,19 +236,22 @@ impl Sender {
                 Ok(token) => request = request.bearer_auth(token),
                 Err(err) => return Outcome::Retry(format!("auth.bearer.token_file: {err}"), None),
             },
-            Auth::Sigv4 { region, .. } => {
+            Auth::Sigv4 { region, service, .. } => {
                 let provider = self.credentials.as_ref().expect("built for SigV4 endpoints");
                 let credentials = match provider.get().await {
                     Ok(c) => c,
                     Err(err) => return Outcome::Retry(format!("cannot get AWS credentials: {err}"), None),
                 };
-                let mut signed: Vec<(&str, &str)> = vec![
-                    ("content-encoding", "snappy"),
-                    ("content-type", "application/x-protobuf"),
-                    ("x-prometheus-remote-write-version", "0.1.0"),
-                ];
+                let mut signed: Vec<(&str, &str)> = match e.protocol {
+                    Protocol::RemoteWrite => vec![
+                        ("content-encoding", "snappy"),
+                        ("content-type", "application/x-protobuf"),
+                        ("x-prometheus-remote-write-version", "0.1.0"),
+                    ],
+                    Protocol::Otlp => vec![("content-type", "application/x-protobuf")],
+                };
                 signed.extend(e.headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))));
-                let scope = sigv4::Scope { region, service: "aps", now_ms: crate::base::wall_ms() };
+                let scope = sigv4::Scope { region, service, now_ms: crate::base::wall_ms() };
                 for (name, value) in sigv4::sign("POST", &e.url, &signed, body, &credentials, &scope) {
                     request = request.header(name, value);
                 }
@@ -300,4 +318,42 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(text)
+}
+
+/// OTLP's resource attributes: who is sending. `host.id` and `cloud.availability_zone` come
+/// from IMDSv2 when it answers within [`IMDS_TIMEOUT`] (the sender's first request waits for
+/// it, once; the sampler and the collector never do).
+async fn resource(e: &super::Endpoint, env: fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        vec![("service.name".into(), "enawatch".into()), ("service.version".into(), VERSION.into())];
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if !host.is_empty() {
+        out.push(("host.name".into(), host));
+    }
+    if let Some(node) = env("NODE_NAME").filter(|n| !n.is_empty()) {
+        out.push(("k8s.node.name".into(), node));
+    }
+    out.push(("cloud.provider".into(), "aws".into()));
+    let mut region = match &e.auth {
+        Auth::Sigv4 { region, .. } => Some(region.clone()),
+        _ => env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+    };
+    match tokio::time::timeout(IMDS_TIMEOUT * 2, crate::aws::imds::identity(env, IMDS_TIMEOUT)).await {
+        Ok(Ok(id)) => {
+            region.get_or_insert(id.region);
+            out.push(("cloud.availability_zone".into(), id.availability_zone));
+            out.push(("host.id".into(), id.instance_id));
+        }
+        Ok(Err(err)) => {
+            info!(endpoint = %e.name, reason = %err, "IMDS not reachable: the OTLP resource has no host.id or cloud.availability_zone");
+        }
+        Err(_) => {
+            info!(endpoint = %e.name, "IMDS did not answer in time: the OTLP resource has no host.id or cloud.availability_zone");
+        }
+    }
+    if let Some(region) = region {
+        out.push(("cloud.region".into(), region));
+    }
+    out
 }

@@ -202,3 +202,98 @@ fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
     assert_eq!(steps(1), [(12_000, 12.0)]);
     assert!(steps(0).is_empty());
 }
+
+#[test]
+fn otlp_endpoints_and_cloudwatch_sigv4() {
+    let creds = [("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "B")];
+    let cw = "url: https://monitoring.eu-central-1.amazonaws.com\nprotocol: otlp\nauth: {sigv4: {}}\n";
+    let e = resolve(cw, &creds).unwrap();
+    assert_eq!(e.protocol, Protocol::Otlp);
+    assert_eq!(e.url.as_str(), "https://monitoring.eu-central-1.amazonaws.com/v1/metrics");
+    let Auth::Sigv4 { region, service, .. } = &e.auth else { panic!("sigv4") };
+    assert_eq!((region.as_str(), service.as_str()), ("eu-central-1", "monitoring"));
+    // The printed configuration reads back to the same endpoint.
+    let printed = yaml_serde::to_string(&e.effective()).unwrap();
+    assert!(printed.contains("protocol: otlp") && printed.contains("service: monitoring"), "{printed}");
+    assert_eq!(
+        endpoint(&printed).resolve_with(3, Duration::from_secs(1), &env(&creds)).unwrap().effective(),
+        e.effective()
+    );
+
+    // A collector's base URL gets the signal's path once; a full one is kept.
+    let e = resolve("url: http://otel:4318/\nprotocol: otlp\n", &[]).unwrap();
+    assert_eq!(e.url.as_str(), "http://otel:4318/v1/metrics");
+    let e = resolve("url: http://otel:4318/v1/metrics\nprotocol: otlp\n", &[]).unwrap();
+    assert_eq!(e.url.as_str(), "http://otel:4318/v1/metrics");
+    // Remote write is the default, and AMP signs for aps.
+    let amp = "url: https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write\n\
+               auth: {sigv4: {}}\n";
+    let e = resolve(amp, &creds).unwrap();
+    assert_eq!(e.protocol, Protocol::RemoteWrite);
+    assert!(matches!(e.auth, Auth::Sigv4 { ref service, .. } if service == "aps"));
+    assert!(!yaml_serde::to_string(&e.effective()).unwrap().contains("protocol"));
+    assert!(resolve("url: http://x/\nprotocol: grpc\n", &[])
+        .unwrap_err()
+        .contains("must be remote_write or otlp"));
+    let bad = "url: http://x/\nauth: {sigv4: {region: us-east-1, service: 'a b'}}\n";
+    assert!(resolve(bad, &creds).unwrap_err().contains("auth.sigv4.service"));
+}
+
+/// An OTLP endpoint's steps carry each series' type and start: the start stays while a
+/// counter grows and moves when it goes down (here the agent's own tick counter, as after a
+/// restart); gauges have none.
+#[test]
+fn otlp_steps_carry_types_and_start_times_that_move_only_on_a_restart() {
+    let e = endpoint("url: http://127.0.0.1:9/\nname: otel\nprotocol: otlp\nresolution: 1s\n");
+    let endpoints = resolve_all(&[e], Duration::from_secs(1)).unwrap();
+    let stats = stats(&endpoints);
+    let store = Arc::new(Store::new(10));
+    let options = metrics::Options {
+        compat: Vec::new(),
+        interval: Duration::from_secs(1),
+        notify: None,
+        remote_write: Some(Arc::clone(&stats)),
+    };
+    let mut pusher =
+        Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, Duration::from_secs(1)).unwrap();
+    pusher.stop_collecting();
+    let mut collector = Collector::new(
+        pusher.shared.clone(),
+        Arc::clone(&store),
+        options,
+        Duration::from_secs(1),
+        vec![i64::MIN],
+    );
+    let base = 1_790_000_000_000;
+    // Ticks 1..=4, then the counter starts over at 1 (what a new process shows).
+    for (k, seq) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 1)] {
+        store.publish(Arc::new(Snapshot { seq, at_ms: base + k * 1000, ..Snapshot::empty() }));
+        collector.poll();
+    }
+    let mut q = pusher.shared[0].lock();
+    let batch = q.take(1_000_000).unwrap();
+    let decoded = proto::decode_request(&proto::compress(&batch.encode())).unwrap();
+    let label = |s: &proto::DecodedSeries, name: &str| {
+        s.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let mut ticks = Vec::new();
+    for s in &decoded {
+        let name = label(s, "__name__").unwrap();
+        let kind = label(s, otlp::TYPE).unwrap();
+        match kind.as_str() {
+            otlp::COUNTER => assert!(label(s, otlp::START).is_some(), "{name}"),
+            otlp::GAUGE => assert!(label(s, otlp::START).is_none(), "{name}"),
+            otlp::HISTOGRAM => {}
+            other => panic!("{name}: {other}"),
+        }
+        if name == "enawatch_samples_total" {
+            let start: i64 = label(s, otlp::START).unwrap().parse().unwrap();
+            ticks.extend(s.samples.iter().map(|(t, v)| (t - base, *v, start - base)));
+        }
+    }
+    ticks.sort_by_key(|t| t.0);
+    let tick_starts: Vec<i64> = ticks.iter().map(|t| t.2).collect();
+    assert_eq!(ticks.len(), 5, "{ticks:?}");
+    assert_eq!(tick_starts[..4], [1000; 4], "{ticks:?}");
+    assert_eq!(tick_starts[4], 5000, "went down: a new start {ticks:?}");
+}

@@ -4,6 +4,7 @@
 One HTTP server on 127.0.0.1 (port printed on the first line of stdout) speaking the real
 protocols, each checked as strictly as AWS would:
 
+- POST /otlp/<case>/v1/metrics: the same for OTLP, signed for service `monitoring`.
 - POST /rw/<case>: a remote-write receiver that recomputes every SigV4 signature with
   botocore (an implementation independent of the agent's) and answers 204, or 403 with why;
 - PUT /latest/api/token, GET /latest/meta-data/iam/security-credentials/[role]: IMDSv2
@@ -225,6 +226,17 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 stats["writes"].append({"case": self.path[4:], "akid": akid, "ok": error is None, "error": error})
             return self.reply(204) if error is None else self.reply(403, error)
+        if self.path.startswith("/otlp/") and self.path.endswith("/v1/metrics"):
+            # CloudWatch's OTLP endpoint: service "monitoring", no Remote Write headers.
+            akid, error = verify_sigv4(
+                "POST", self.path, headers, body, "monitoring", ["content-type", "host", "x-amz-date"]
+            )
+            if error is None and headers.get("Content-Type") != "application/x-protobuf":
+                error = "Content-Type is not application/x-protobuf"
+            case = self.path[len("/otlp/") : -len("/v1/metrics")]
+            with lock:
+                stats["writes"].append({"case": case, "akid": akid, "ok": error is None, "error": error})
+            return self.reply(200) if error is None else self.reply(403, error)
         if self.path.startswith("/plain/"):
             with lock:
                 stats["plain"].append(

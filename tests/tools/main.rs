@@ -16,6 +16,7 @@ mod notify;
 mod package;
 mod remote_write;
 mod remote_write_manifests;
+mod remote_write_otlp;
 mod terraform;
 mod top_tmux;
 mod web_page;

@@ -38,14 +38,14 @@ use enawatch::remote_write::proto::{decode_request, DecodedSeries};
 
 use crate::support::{bin, free_port, http_get, parse_metrics, sigterm, wait_until, Agent, TempDir};
 
-const BOTOCORE: &str = "python3 -m pip install botocore==1.43.11";
-const NODE: &str = "ip-10-0-1-23.ec2.internal";
+pub(crate) const BOTOCORE: &str = "python3 -m pip install botocore==1.43.11";
+pub(crate) const NODE: &str = "ip-10-0-1-23.ec2.internal";
 
 // === the agent ===
 
 /// The real binary, `serve --simulate SCENARIO` with `config` as its config file and only
 /// the given environment (no AWS variable of the host's can leak in), once it has sampled.
-fn start_agent(scenario: &str, config: &str, env: &[(&str, String)]) -> Agent<'static> {
+pub(crate) fn start_agent(scenario: &str, config: &str, env: &[(&str, String)]) -> Agent<'static> {
     let mut launch = Agent::launch(&["serve", "--simulate", scenario]).env_clear();
     let config = launch.file("enawatch.yaml", config);
     launch = launch.arg("--config").arg(config);
@@ -56,7 +56,7 @@ fn start_agent(scenario: &str, config: &str, env: &[(&str, String)]) -> Agent<'s
 }
 
 /// What the remote-write tests read off an agent.
-trait RemoteWriteAgent {
+pub(crate) trait RemoteWriteAgent {
     fn outcome(&self, endpoint: &str, outcome: &str) -> f64;
     fn pending(&self, endpoint: &str) -> f64;
     /// SIGTERM, which it must exit from cleanly, and the log.
@@ -85,7 +85,11 @@ impl RemoteWriteAgent for Agent<'_> {
 
 /// A series as `name{a="x",b="y"}`: labels sorted, empty values dropped (an empty label is
 /// no label, to Prometheus), `skip` labels left out.
-fn canonical(name: &str, labels: impl IntoIterator<Item = (String, String)>, skip: &[&str]) -> String {
+pub(crate) fn canonical(
+    name: &str,
+    labels: impl IntoIterator<Item = (String, String)>,
+    skip: &[&str],
+) -> String {
     let mut labels: Vec<(String, String)> =
         labels.into_iter().filter(|(k, v)| !v.is_empty() && !skip.contains(&k.as_str())).collect();
     labels.sort();
@@ -94,7 +98,7 @@ fn canonical(name: &str, labels: impl IntoIterator<Item = (String, String)>, ski
 }
 
 /// Parses an exposition series key `name{a="x",b="y"}` (escapes included).
-fn parse_series(key: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn parse_series(key: &str) -> (String, Vec<(String, String)>) {
     let Some((name, rest)) = key.split_once('{') else { return (key.to_owned(), Vec::new()) };
     let mut labels = Vec::new();
     let mut chars = rest.trim_end_matches('}').chars().peekable();
@@ -125,7 +129,7 @@ fn parse_series(key: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// One scrape as canonical series → value, and the time of the sample it shows (ms).
-fn recorded(text: &str) -> (i64, BTreeMap<String, f64>) {
+pub(crate) fn recorded(text: &str) -> (i64, BTreeMap<String, f64>) {
     let metrics = parse_metrics(text);
     #[expect(clippy::cast_possible_truncation, reason = "milliseconds, exactly representable")]
     let at = (metrics.get("enawatch_last_sample_timestamp_seconds").copied().unwrap_or(0.0) * 1000.0).round()
@@ -140,7 +144,7 @@ fn recorded(text: &str) -> (i64, BTreeMap<String, f64>) {
     (at, series)
 }
 
-fn name_of(series: &str) -> &str {
+pub(crate) fn name_of(series: &str) -> &str {
     series.split('{').next().unwrap()
 }
 
@@ -241,7 +245,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The values of a counter that restarts with each agent process, split into those runs.
-fn runs(values: &BTreeMap<i64, f64>) -> Vec<Vec<f64>> {
+pub(crate) fn runs(values: &BTreeMap<i64, f64>) -> Vec<Vec<f64>> {
     let mut runs: Vec<Vec<f64>> = Vec::new();
     for &v in values.values() {
         match runs.last_mut() {
@@ -253,12 +257,12 @@ fn runs(values: &BTreeMap<i64, f64>) -> Vec<Vec<f64>> {
 }
 
 /// `1, 2, …, n`: every tick of one agent process, none missing.
-fn assert_every_tick(run: &[f64], what: &str) {
+pub(crate) fn assert_every_tick(run: &[f64], what: &str) {
     let expected: Vec<f64> = (1..=run.len()).map(|i| i as f64).collect();
     assert_eq!(run, expected, "{what}: ticks missing or out of order");
 }
 
-fn is_self_metric(series: &str) -> bool {
+pub(crate) fn is_self_metric(series: &str) -> bool {
     name_of(series).starts_with("enawatch_remote_write_")
 }
 
@@ -764,7 +768,7 @@ fn check_config_names_what_is_wrong_with_an_endpoint() {
 // === SigV4, verified by botocore ===
 
 /// tests/remote_write/aws_mock.py, running.
-struct AwsMock {
+pub(crate) struct AwsMock {
     child: Child,
     port: u16,
     /// With --tls-cert: the same, over TLS.
@@ -823,18 +827,35 @@ impl Drop for AwsMock {
 /// Runs an agent pushing to the mock's SigV4 receiver as `case` for about ten seconds with
 /// `env`, and checks every request botocore saw: all verified, signed with at least
 /// `min_keys` different access keys (a refresh mid-run), and no secret in the agent's log.
-fn sigv4_case(
+pub(crate) fn sigv4_case(
     case: &str,
     env: &[(&str, String)],
     role_arn: Option<&str>,
     min_keys: usize,
 ) -> serde_json::Value {
+    sigv4_case_as(case, env, role_arn, min_keys, false)
+}
+
+/// [`sigv4_case`], over OTLP to the mock's CloudWatch stand-in (service `monitoring`) when
+/// `otlp`.
+pub(crate) fn sigv4_case_as(
+    case: &str,
+    env: &[(&str, String)],
+    role_arn: Option<&str>,
+    min_keys: usize,
+    otlp: bool,
+) -> serde_json::Value {
     let mock = AwsMock::start(&[]);
     let role = role_arn.map(|r| format!(", role_arn: '{r}'")).unwrap_or_default();
+    let (url, protocol, service) = if otlp {
+        // The mock's host is 127.0.0.1, not monitoring.REGION.amazonaws.com: the service is named.
+        (mock.url(&format!("/otlp/{case}")), "  protocol: otlp\n", ", service: monitoring")
+    } else {
+        (mock.url(&format!("/rw/{case}")), "", "")
+    };
     let config = format!(
-        "remote_write:\n- url: {}\n  name: amp\n  resolution: 1s\n  batch_send_deadline: 500ms\n  \
-         min_backoff: 100ms\n  max_backoff: 1s\n  auth: {{sigv4: {{region: us-west-2{role}}}}}\n",
-        mock.url(&format!("/rw/{case}"))
+        "remote_write:\n- url: {url}\n  name: amp\n{protocol}  resolution: 1s\n  batch_send_deadline: 500ms\n  \
+         min_backoff: 100ms\n  max_backoff: 1s\n  auth: {{sigv4: {{region: us-west-2{role}{service}}}}}\n"
     );
     let mut env = env.to_vec();
     // Everything AWS points at the mock, whatever the case uses; the agent never leaves 127.0.0.1.
