@@ -2,12 +2,17 @@
 //! meter and the DNS analysis see of every interface.
 //!
 //! The kernel runs the filter on every packet of the interface and copies only what it
-//! accepts (truncated to the length it returns) into a ring of frames shared with user space
-//! (`PACKET_RX_RING`, `TPACKET_V2`), so user space sees the few packets that matter, never the
+//! accepts (truncated to the length it returns) into a ring shared with user space
+//! (`PACKET_RX_RING`, `TPACKET_V3`), so user space sees the few packets that matter, never the
 //! rest, and reads them without a system call per packet. A ring rather than the socket's
 //! queue: the queue is bounded by `net.core.rmem_max` counted in kernel buffer sizes, which
 //! holds only about 256 packets (a quarter of a second at the link-local budget), while a
-//! ring holds what its [`Ring`] shape says whatever the system's settings. Opening one needs `CAP_NET_RAW`.
+//! ring holds what its [`Ring`] shape says whatever the system's settings. `TPACKET_V3`
+//! rather than fixed frames: packets are packed one after another in blocks, so a ring of a
+//! few MiB holds tens of thousands of small DNS packets (a second at storm rates, time enough
+//! for a reader the scheduler kept waiting), and the kernel hands a block over when it is full
+//! or a few milliseconds old, so a reader wakes per block, not per packet. Opening one needs
+//! `CAP_NET_RAW`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,38 +25,57 @@ pub(crate) type Instruction = libc::sock_filter;
 // From include/uapi/linux/if_packet.h.
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
-const TPACKET_V2: libc::c_int = 1;
+const TPACKET_V3: libc::c_int = 2;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 
-/// `struct tpacket2_hdr`: the header the kernel writes at the start of each frame.
+/// `struct tpacket_req3`: the ring's shape, as `PACKET_RX_RING` takes it.
 #[repr(C)]
-struct Tpacket2Hdr {
-    status: u32,
-    len: u32,
-    snaplen: u32,
-    mac: u16,
-    net: u16,
-    sec: u32,
-    nsec: u32,
-    vlan_tci: u16,
-    vlan_tpid: u16,
-    padding: [u8; 4],
-}
-
-#[repr(C)]
-struct TpacketReq {
+struct TpacketReq3 {
     block_size: u32,
     block_nr: u32,
     frame_size: u32,
     frame_nr: u32,
+    retire_blk_tov: u32,
+    sizeof_priv: u32,
+    feature_req_word: u32,
 }
 
-const BLOCK_SIZE: usize = 64 * 1024;
+/// `struct tpacket_block_desc` with its `tpacket_hdr_v1`: the header of each block.
+#[repr(C)]
+struct BlockDesc {
+    version: u32,
+    offset_to_priv: u32,
+    block_status: u32,
+    num_pkts: u32,
+    offset_to_first_pkt: u32,
+    blk_len: u32,
+    seq_num: u64,
+    ts_first: [u32; 2],
+    ts_last: [u32; 2],
+}
 
-/// Where the kernel puts the packet's `sockaddr_ll` in a frame: right after the header,
-/// aligned (`TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`).
-const ADDR_OFFSET: usize = size_of::<Tpacket2Hdr>().next_multiple_of(16);
+/// `struct tpacket3_hdr`: the header of each packet in a block.
+#[repr(C)]
+struct Tpacket3Hdr {
+    next_offset: u32,
+    sec: u32,
+    nsec: u32,
+    snaplen: u32,
+    len: u32,
+    status: u32,
+    mac: u16,
+    net: u16,
+    rxhash: u32,
+    vlan_tci: u32,
+    vlan_tpid: u16,
+    padding: u16,
+    padding2: [u8; 8],
+}
+
+/// Where the kernel puts the packet's `sockaddr_ll`: right after its header, aligned
+/// (`TPACKET_ALIGN(sizeof(struct tpacket3_hdr))`).
+const ADDR_OFFSET: usize = size_of::<Tpacket3Hdr>().next_multiple_of(16);
 
 /// One packet from a ring.
 #[derive(Clone, Copy, Debug)]
@@ -81,23 +105,28 @@ pub(crate) fn wait(sockets: &[&PacketSocket], timeout: std::time::Duration) {
 /// The shape of a receive ring.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ring {
-    /// Bytes per frame: the header, the address the kernel adds, and the truncated packet
-    /// (a multiple of 16 that divides 64 KiB).
+    /// Bytes per block (a multiple of the page size).
+    pub block_size: usize,
+    /// Blocks in the ring.
+    pub blocks: usize,
+    /// The most bytes one packet takes: its header, the address the kernel adds, and the
+    /// packet truncated by the filter (a multiple of 16 that divides `block_size`).
     pub frame_size: usize,
-    /// Frames in the ring (a multiple of 64 KiB / `frame_size`).
-    pub frames: usize,
+    /// A block is handed over when full, or this many milliseconds after its first packet.
+    pub retire_ms: u32,
 }
 
 impl Ring {
-    /// The link-local meter's: 4,096 frames of 256 bytes (1 MiB), read every few
-    /// milliseconds, so bursts far above the 1024 packets a second of an ENI fit.
-    pub(crate) const METER: Ring = Ring { frame_size: 256, frames: 4096 };
-    /// The DNS capture's: 4,096 frames of 1 KiB (4 MiB), each holding the 512 bytes of a
-    /// message the analysis reads.
-    pub const DNS: Ring = Ring { frame_size: 1024, frames: 4096 };
+    /// The link-local meter's: 8 blocks of 128 KiB (1 MiB); a metered packet takes about
+    /// 144 bytes, so the ring holds some 7,000 of them.
+    pub(crate) const METER: Ring = Ring { block_size: 128 * 1024, blocks: 8, frame_size: 256, retire_ms: 8 };
+    /// The DNS capture's: 16 blocks of 256 KiB (4 MiB); a typical query or answer takes
+    /// 150 to 250 bytes, so the ring holds some 20,000 of them (at most 512 bytes of each are
+    /// kept, all the analysis reads).
+    pub const DNS: Ring = Ring { block_size: 256 * 1024, blocks: 16, frame_size: 1024, retire_ms: 8 };
 
     fn bytes(self) -> usize {
-        self.frame_size * self.frames
+        self.block_size * self.blocks
     }
 }
 
@@ -106,6 +135,7 @@ pub(crate) struct PacketSocket {
     fd: OwnedFd,
     ring: NonNull<u8>,
     shape: Ring,
+    /// The block to read next.
     next: usize,
 }
 
@@ -155,15 +185,18 @@ impl PacketSocket {
                 )
             })
         };
-        let version = TPACKET_V2;
+        let version = TPACKET_V3;
         set(PACKET_VERSION, (&raw const version).cast(), size_of::<libc::c_int>())?;
-        let req = TpacketReq {
-            block_size: u32::try_from(BLOCK_SIZE).expect("small"),
-            block_nr: u32::try_from(shape.bytes() / BLOCK_SIZE).expect("small"),
+        let req = TpacketReq3 {
+            block_size: u32::try_from(shape.block_size).expect("small"),
+            block_nr: u32::try_from(shape.blocks).expect("small"),
             frame_size: u32::try_from(shape.frame_size).expect("small"),
-            frame_nr: u32::try_from(shape.frames).expect("small"),
+            frame_nr: u32::try_from(shape.bytes() / shape.frame_size).expect("small"),
+            retire_blk_tov: shape.retire_ms,
+            sizeof_priv: 0,
+            feature_req_word: 0,
         };
-        set(PACKET_RX_RING, (&raw const req).cast(), size_of::<TpacketReq>())?;
+        set(PACKET_RX_RING, (&raw const req).cast(), size_of::<TpacketReq3>())?;
         // SAFETY: maps the ring the kernel just allocated for this socket; checked below.
         let ring = unsafe {
             libc::mmap(
@@ -211,46 +244,65 @@ impl PacketSocket {
         Ok(socket)
     }
 
-    /// Reads the packets waiting in the ring, at most one lap, calling `each` with each one;
-    /// returns how many there were.
+    /// Reads the packets of the blocks the kernel has handed over, at most one lap of the
+    /// ring, calling `each` with each packet, and hands the blocks back; returns how many
+    /// packets there were.
     #[expect(
         clippy::cast_ptr_alignment,
-        reason = "frames start at multiples of FRAME_SIZE in a page-aligned mapping"
+        reason = "blocks start at multiples of the block size in a page-aligned mapping, and the kernel aligns each packet to 16"
     )]
     pub(crate) fn drain(&mut self, mut each: impl FnMut(Frame<'_>)) -> usize {
+        let Ring { block_size, blocks, .. } = self.shape;
         let mut n = 0;
-        // At most one lap: frames the kernel fills meanwhile wait for the next call.
-        let Ring { frame_size, frames } = self.shape;
-        while n < frames {
-            // SAFETY: `next < frames`, so the frame lies inside the mapping; frames are aligned
-            // to `frame_size` (a multiple of 16), enough for the header's u32 fields.
-            let frame = unsafe { self.ring.as_ptr().add(self.next * frame_size) };
+        for _ in 0..blocks {
+            // SAFETY: `next < blocks`, so the block lies inside the mapping.
+            let block = unsafe { self.ring.as_ptr().add(self.next * block_size) };
             // The status word is shared with the kernel: read it atomically, with acquire
-            // ordering, so the packet bytes it publishes are visible.
-            // SAFETY: `frame` points to a live, aligned u32 inside the mapping.
-            let status = unsafe { AtomicU32::from_ptr(frame.cast::<u32>()) };
+            // ordering, so the packets it publishes are visible.
+            // SAFETY: `block_status` is a live, aligned u32 inside the mapping.
+            let status = unsafe {
+                AtomicU32::from_ptr(block.add(std::mem::offset_of!(BlockDesc, block_status)).cast())
+            };
             if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
                 break;
             }
-            // SAFETY: the kernel has handed this frame to user space (TP_STATUS_USER): its
-            // header, the link-layer address after it and the `snaplen` bytes at `net` are
-            // written and stay still until the status is set back to TP_STATUS_KERNEL.
-            let packet = unsafe {
-                let hdr = &*frame.cast::<Tpacket2Hdr>();
-                let addr = &*frame.add(ADDR_OFFSET).cast::<libc::sockaddr_ll>();
-                let start = usize::from(hdr.net).min(frame_size);
-                let len = usize::try_from(hdr.snaplen).unwrap_or(0).min(frame_size - start);
-                Frame {
-                    data: std::slice::from_raw_parts(frame.add(start), len),
-                    ifindex: u32::try_from(addr.sll_ifindex).unwrap_or(0),
-                    outgoing: addr.sll_pkttype == libc::PACKET_OUTGOING,
-                    at_ns: i64::from(hdr.sec) * 1_000_000_000 + i64::from(hdr.nsec),
-                }
+            // SAFETY: the kernel has handed this block to user space (TP_STATUS_USER): its
+            // descriptor and packets stay still until the status is set back to
+            // TP_STATUS_KERNEL. Every offset read from the block is checked to stay inside it.
+            let (count, first) = unsafe {
+                let desc = &*block.cast::<BlockDesc>();
+                (desc.num_pkts, usize::try_from(desc.offset_to_first_pkt).unwrap_or(usize::MAX))
             };
-            each(packet);
+            let mut at = first;
+            for _ in 0..count {
+                if at.saturating_add(ADDR_OFFSET + size_of::<libc::sockaddr_ll>()) > block_size {
+                    break;
+                }
+                // SAFETY: `at` plus the header and the address lie inside the block (checked
+                // above); the packet's bytes are bounded by the block below.
+                let (frame, next) = unsafe {
+                    let packet = block.add(at);
+                    let hdr = &*packet.cast::<Tpacket3Hdr>();
+                    let addr = &*packet.add(ADDR_OFFSET).cast::<libc::sockaddr_ll>();
+                    let start = at.saturating_add(usize::from(hdr.net)).min(block_size);
+                    let len = usize::try_from(hdr.snaplen).unwrap_or(0).min(block_size - start);
+                    let frame = Frame {
+                        data: std::slice::from_raw_parts(block.add(start), len),
+                        ifindex: u32::try_from(addr.sll_ifindex).unwrap_or(0),
+                        outgoing: addr.sll_pkttype == libc::PACKET_OUTGOING,
+                        at_ns: i64::from(hdr.sec) * 1_000_000_000 + i64::from(hdr.nsec),
+                    };
+                    (frame, usize::try_from(hdr.next_offset).unwrap_or(0))
+                };
+                each(frame);
+                n += 1;
+                if next == 0 {
+                    break;
+                }
+                at = at.saturating_add(next);
+            }
             status.store(TP_STATUS_KERNEL, Ordering::Release);
-            self.next = (self.next + 1) % frames;
-            n += 1;
+            self.next = (self.next + 1) % blocks;
         }
         n
     }
