@@ -13,15 +13,53 @@ use serde_json::{json, Value};
 
 use crate::support;
 
+use enawatch::generate::rules::{self, Scope};
+use enawatch::metrics::encode::Kind;
+
 const ENA_UID: &str = "enawatch-ena-allowances";
 const COREDNS_UID: &str = "enawatch-coredns";
+const DNS_CLIENTS_UID: &str = "enawatch-dns-clients";
+
+/// The DNS families decided in issue 12 (DESIGN.md's metric contract), which the DNS clients
+/// dashboard reads. Listed here so the dashboard is checked whether or not this build of the
+/// agent exports them yet; a name the agent does export is also in `NATIVE_FAMILIES`.
+const DNS_CONTRACT: &[(&str, Kind)] = &[
+    ("enawatch_dns_queries_total", Kind::Counter),
+    ("enawatch_dns_failures_total", Kind::Counter),
+    ("enawatch_dns_search_path_queries_total", Kind::Counter),
+    ("enawatch_dns_response_seconds", Kind::Histogram),
+    ("ena_linklocal_dns_unanswered_total", Kind::Counter),
+    ("enawatch_capture_dropped_packets_total", Kind::Counter),
+];
+
+/// The sample names of a family: a histogram's are its `_bucket`, `_sum` and `_count`.
+fn sample_names(name: &'static str, kind: Kind) -> Vec<String> {
+    if kind == Kind::Histogram {
+        ["_bucket", "_sum", "_count"].iter().map(|s| format!("{name}{s}")).collect()
+    } else {
+        vec![name.to_owned()]
+    }
+}
 
 /// What the agent exports (its metric contract), its recording rules, and `up`: from the
 /// crate itself, so the dashboards are checked against the one definition.
-fn ena_names() -> Vec<&'static str> {
-    let families = enawatch::metrics::NATIVE_FAMILIES.iter().map(|f| f.name);
-    let rules = enawatch::generate::rules::RECORDING_RULES.iter().map(|(name, _)| *name);
-    families.chain(rules).chain(["up"]).collect()
+fn ena_names() -> Vec<String> {
+    let families = enawatch::metrics::NATIVE_FAMILIES.iter().flat_map(|f| sample_names(f.name, f.kind));
+    let dns = DNS_CONTRACT.iter().flat_map(|(name, kind)| sample_names(name, *kind));
+    let recorded = rules::recordings().into_iter().map(|(name, _)| name);
+    let mut names: Vec<String> = families.chain(dns).chain(recorded).chain(["up".to_owned()]).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Recordings summed over a cluster's nodes: they have no `node` label to filter.
+fn cluster_wide() -> Vec<String> {
+    rules::recordings()
+        .into_iter()
+        .filter(|(_, scope)| *scope == Scope::Cluster)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// CoreDNS >= 1.11 families, allowed in the CoreDNS dashboard only.
@@ -367,8 +405,8 @@ fn has_filter(matchers: &[Tok<'_>], label: &str) -> bool {
     })
 }
 
-fn metric_problem(metric: &str, allowed: &[&str]) -> Option<String> {
-    if allowed.contains(&metric) {
+fn metric_problem(metric: &str, allowed: &[String]) -> Option<String> {
+    if allowed.iter().any(|a| a == metric) {
         None
     } else if COREDNS_REMOVED.contains(&metric) {
         Some(format!("{metric} was removed in CoreDNS 1.11 (use coredns_proxy_*{{proxy_name=\"forward\"}})"))
@@ -390,9 +428,10 @@ fn window_problem(window: &str) -> Option<String> {
 }
 
 /// Metric names, label filters, windows and variables of one query.
-fn expression_problems(q: &Query, variables: &[String], allowed: &[&str]) -> Vec<String> {
+fn expression_problems(q: &Query, variables: &[String], allowed: &[String]) -> Vec<String> {
     let toks = lex(&q.expr);
     let mut problems = Vec::new();
+    let cluster_wide = cluster_wide();
     for sel in selectors(&toks) {
         let name = sel.metric.unwrap_or("selector without a metric name");
         match sel.metric {
@@ -400,7 +439,15 @@ fn expression_problems(q: &Query, variables: &[String], allowed: &[&str]) -> Vec
             None => problems.push(format!("{name}: every selector must name its metric")),
         }
         let matchers = sel.matchers.unwrap_or_default();
+        let per_node = !cluster_wide.iter().any(|c| Some(c.as_str()) == sel.metric);
         for label in ["cluster", "node"] {
+            if label == "node" && !per_node {
+                // Summed over the nodes: a node filter would hide it whenever one is chosen.
+                if has_filter(&matchers, label) {
+                    problems.push(format!("{name} has no node label: filtering it by node hides it"));
+                }
+                continue;
+            }
             if !has_filter(&matchers, label) {
                 problems.push(format!("{name} does not filter {label}=~\"${label}\""));
             }
@@ -600,10 +647,10 @@ fn promtool_problems(queries: &[Query], variables: &[String]) -> Vec<String> {
     problems
 }
 
-fn allowed_metrics(dashboard: &Value) -> Vec<&'static str> {
+fn allowed_metrics(dashboard: &Value) -> Vec<String> {
     let mut allowed = ena_names();
     if dashboard["uid"] == COREDNS_UID {
-        allowed.extend(COREDNS_METRICS);
+        allowed.extend(COREDNS_METRICS.iter().map(|m| (*m).to_owned()));
     }
     allowed
 }
@@ -628,8 +675,8 @@ fn check_dashboard(name: &str, dashboard: &Value) -> Vec<String> {
     problems.into_iter().map(|p| format!("{label}: {p}")).collect()
 }
 
-#[test]
-fn dashboards_are_valid() {
+/// Every shipped dashboard: (file name as `deploy/grafana/NAME`, its JSON).
+fn shipped_dashboards() -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -637,23 +684,62 @@ fn dashboards_are_valid() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let name = format!("deploy/grafana/{}", path.file_name().unwrap().to_string_lossy());
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let dashboard = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+            (name, dashboard)
+        })
+        .collect()
+}
+
+#[test]
+fn dashboards_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana");
     let mut problems = Vec::new();
     let mut uids = Vec::new();
-    for path in &files {
-        let name = format!("deploy/grafana/{}", path.file_name().unwrap().to_string_lossy());
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let dashboard: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
-        assert!(queries(&dashboard).len() > 5, "{name}: expected a dashboard full of queries");
-        problems.extend(check_dashboard(&name, &dashboard));
+    for (name, dashboard) in &shipped_dashboards() {
+        assert!(queries(dashboard).len() > 5, "{name}: expected a dashboard full of queries");
+        problems.extend(check_dashboard(name, dashboard));
         uids.push(dashboard["uid"].as_str().unwrap_or_default().to_owned());
     }
-    for uid in [ENA_UID, COREDNS_UID] {
+    for uid in [ENA_UID, COREDNS_UID, DNS_CLIENTS_UID] {
         assert!(uids.iter().any(|u| u == uid), "no dashboard with uid {uid} in {}: {uids:?}", dir.display());
     }
     let unique: BTreeSet<&String> = uids.iter().collect();
     assert_eq!(unique.len(), uids.len(), "dashboard uids must be unique: {uids:?}");
     assert!(problems.is_empty(), "{} problem(s) in the dashboards:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// A recording costs every node a share of each rule cycle (and its series): each one must be
+/// read by a shipped alert, a shipped dashboard, or a recording that is.
+#[test]
+fn every_recording_is_read_by_an_alert_or_a_dashboard() {
+    let rules: Vec<rules::Rule> = rules::groups().into_iter().flat_map(|g| g.rules).collect();
+    let mut readers: Vec<String> =
+        rules.iter().filter(|r| r.is_alert()).map(|r| r.expr().to_owned()).collect();
+    for (_, dashboard) in &shipped_dashboards() {
+        readers.extend(queries(dashboard).into_iter().map(|q| q.expr));
+    }
+    let reads = |text: &str, name: &str| lex(text).iter().any(|t| t.tok == Tok::Word(name));
+    let mut unread: Vec<String> = rules::recordings().into_iter().map(|(name, _)| name).collect();
+    // A recording read by a recording that is read counts; repeat until nothing changes.
+    loop {
+        let before = unread.len();
+        let read: Vec<String> =
+            unread.iter().filter(|name| readers.iter().any(|r| reads(r, name))).cloned().collect();
+        for name in &read {
+            let rule = rules.iter().find(|r| r.name() == name).unwrap();
+            readers.push(rule.expr().to_owned());
+        }
+        unread.retain(|name| !read.contains(name));
+        if unread.len() == before {
+            break;
+        }
+    }
+    assert!(unread.is_empty(), "recorded but read by no shipped alert or dashboard: {unread:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -787,6 +873,14 @@ fn expression_checker_catches_metrics_filters_and_windows() {
         let problems = check(expr);
         assert!(problems.iter().any(|p| p.contains(want)), "{expr}: wanted {want:?} in {problems:#?}");
     }
+    // A recording summed over the nodes filters on the cluster only.
+    let wide = rules::DNS_FAILURE_RATIO;
+    assert!(cluster_wide().iter().any(|c| c == wide));
+    assert_eq!(check(&format!(r#"{wide}{{cluster=~"$cluster"}} > 0"#)), Vec::<String>::new());
+    let problems = check(&format!("{wide}{OK}"));
+    assert!(problems.iter().any(|p| p.contains("has no node label")), "{problems:#?}");
+    let problems = check(&format!("sum({wide})"));
+    assert!(problems.iter().any(|p| p.contains("does not filter cluster")), "{problems:#?}");
 }
 
 #[test]

@@ -76,7 +76,7 @@ fn every_flavour_passes_promtool_lint() {
     for file in [root().join(Flavour::Prometheus.path()), dir.join("operator.yaml"), dir.join("amp.yaml")] {
         let out = tool("promtool", "prometheus", &["check", "rules", "--lint=all", file.to_str().unwrap()]);
         let text = assert_ok(&out, &format!("promtool check rules --lint=all {}", file.display()));
-        assert!(text.contains("SUCCESS: 27 rules found"), "{text}");
+        assert!(text.contains("SUCCESS: 34 rules found"), "{text}");
     }
 }
 
