@@ -40,8 +40,8 @@ fn main() -> ExitCode {
             Ok(true) => return ExitCode::from(3),
             other => other.map(|_| ()),
         },
-        Command::Rules { action: RulesAction::Render { format } } => {
-            print_stdout(&rules::render(format));
+        Command::Rules { action: RulesAction::Render { format, agents } } => {
+            print_stdout(&rules::render_for(format, agents));
             Ok(())
         }
         Command::Docs { topic } => {

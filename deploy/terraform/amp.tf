@@ -28,12 +28,14 @@ resource "aws_cloudwatch_log_group" "amp" {
 
 # === rules ===
 
-# The shipped rule file, as it is: AMP's rule groups namespace takes a plain Prometheus rule
-# file (deploy/amp/rulegroupsnamespace.yaml carries the same groups for the ACK controller).
+# The shipped rule file for agents that push (remote write is how samples reach AMP, so
+# "agent down" is the age of the last sample, not `up`): AMP's rule groups namespace takes a
+# plain Prometheus rule file (deploy/amp/rulegroupsnamespace.yaml carries the same groups for
+# the ACK controller).
 resource "aws_prometheus_rule_group_namespace" "enawatch" {
   name         = "enawatch"
   workspace_id = aws_prometheus_workspace.enawatch.id
-  data         = file("${path.module}/../prometheus/enawatch-rules.yaml")
+  data         = file("${path.module}/../amp/enawatch-rules.yaml")
 }
 
 # === Alertmanager ===

@@ -55,6 +55,10 @@ pub enum RulesAction {
         /// (an ACK RuleGroupsNamespace for Amazon Managed Prometheus).
         #[arg(long, value_enum)]
         format: crate::generate::rules::Flavour,
+        /// `scraped` (agent down/absent from `up`) or `push` (for agents that push with
+        /// remote write or OTLP and are never scraped: from the age of their last sample).
+        #[arg(long, value_enum, default_value = "scraped")]
+        agents: crate::generate::rules::Agents,
     },
 }
 

@@ -168,11 +168,31 @@ struct RuleFile<'a> {
     groups: &'a [Group],
 }
 
-/// Every rule group of the package.
+/// How the agents' samples reach the Prometheus that evaluates the rules: the "agent down"
+/// and "agent absent" alerts differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Agents {
+    /// Prometheus scrapes them: the alerts are built on `up`.
+    Scraped,
+    /// They push (remote write, OTLP) and are never scraped, so there is no `up`: the alerts
+    /// are built on the age of `enawatch_last_sample_timestamp_seconds` and on its absence.
+    Push,
+}
+
+/// A pushing agent silent this long is down (its samples come every interval, and remote
+/// write sends at most every 30 s by default).
+const PUSH_SILENCE: Duration = Duration::from_secs(120);
+
+/// Every rule group of the package, for agents that are scraped.
 pub fn groups() -> Vec<Group> {
+    groups_for(Agents::Scraped)
+}
+
+/// Every rule group of the package, for `agents`.
+pub fn groups_for(agents: Agents) -> Vec<Group> {
     vec![
         Group { name: "enawatch.allowances".into(), interval: None, rules: allowances() },
-        Group { name: "enawatch.agent".into(), interval: None, rules: agent() },
+        Group { name: "enawatch.agent".into(), interval: None, rules: agent(agents) },
         Group {
             name: "enawatch.dns".into(),
             interval: Some(HumanDuration(DNS_INTERVAL).to_string()),
@@ -280,28 +300,57 @@ fn coredns_linklocal_throttled() -> Rule {
     .runbook("CoreDNSLinkLocalThrottled")
 }
 
-fn agent() -> Vec<Rule> {
+fn agent(agents: Agents) -> Vec<Rule> {
+    let (down, absent) = match agents {
+        Agents::Scraped => (
+            Rule::alert("EnawatchDown", "up{job=~\".*enawatch.*\"} == 0")
+                .hold(Duration::from_secs(5 * 60))
+                .annotate("summary", "enawatch is not answering on {{ $labels.instance }}")
+                .annotate(
+                    "description",
+                    "The agent on {{ $labels.instance }} (node {{ $labels.node }}) has not answered \
+                     scrapes for 5 minutes: ENA throttling on that node is invisible.",
+                ),
+            Rule::alert("EnawatchAbsent", "absent(up{job=~\".*enawatch.*\"})")
+                .hold(Duration::from_secs(15 * 60))
+                .annotate("summary", "No enawatch target is being scraped")
+                .annotate(
+                    "description",
+                    "No scrape target with a job matching enawatch exists: the DaemonSet or its \
+                     PodMonitor/ServiceMonitor is missing, so no node's ENA throttling is watched.",
+                ),
+        ),
+        // Remote-written series have no staleness: the last sample stays visible for the
+        // lookback, then the series is gone. So "down" looks back an hour for the agent's last
+        // sample time, and fires while that is older than the silence allowed.
+        Agents::Push => (
+            Rule::alert(
+                "EnawatchDown",
+                format!(
+                    "time() - max_over_time(enawatch_last_sample_timestamp_seconds[1h]) > {}",
+                    PUSH_SILENCE.as_secs()
+                ),
+            )
+            .hold(Duration::from_secs(3 * 60))
+            .annotate("summary", "enawatch on {{ $labels.instance }} has stopped pushing")
+            .annotate(
+                "description",
+                "The agent on {{ $labels.instance }} (node {{ $labels.node }}) has sent no sample \
+                 for {{ $value | humanizeDuration }}: ENA throttling on that node is invisible.",
+            ),
+            Rule::alert("EnawatchAbsent", "absent(enawatch_last_sample_timestamp_seconds)")
+                .hold(Duration::from_secs(15 * 60))
+                .annotate("summary", "No enawatch agent is pushing samples")
+                .annotate(
+                    "description",
+                    "No agent has pushed enawatch_last_sample_timestamp_seconds: the DaemonSet or \
+                     its remote write is missing or failing, so no node's ENA throttling is watched.",
+                ),
+        ),
+    };
     vec![
-        Rule::alert("EnawatchDown", "up{job=~\".*enawatch.*\"} == 0")
-            .hold(Duration::from_secs(5 * 60))
-            .severity(Severity::Warning)
-            .annotate("summary", "enawatch is not answering on {{ $labels.instance }}")
-            .annotate(
-                "description",
-                "The agent on {{ $labels.instance }} (node {{ $labels.node }}) has not answered \
-                 scrapes for 5 minutes: ENA throttling on that node is invisible.",
-            )
-            .runbook("EnawatchDown"),
-        Rule::alert("EnawatchAbsent", "absent(up{job=~\".*enawatch.*\"})")
-            .hold(Duration::from_secs(15 * 60))
-            .severity(Severity::Warning)
-            .annotate("summary", "No enawatch target is being scraped")
-            .annotate(
-                "description",
-                "No scrape target with a job matching enawatch exists: the DaemonSet or its \
-                 PodMonitor/ServiceMonitor is missing, so no node's ENA throttling is watched.",
-            )
-            .runbook("EnawatchAbsent"),
+        down.severity(Severity::Warning).runbook("EnawatchDown"),
+        absent.severity(Severity::Warning).runbook("EnawatchAbsent"),
         Rule::alert(
             "EnaAllowanceStatsUnsupported",
             "(ena_stat_supported{stat=~\".+_allowance_exceeded\"} == 0) \
@@ -609,16 +658,7 @@ pub enum Flavour {
 }
 
 impl Flavour {
-    /// Where the checked-in copy lives, relative to the repository root.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Prometheus => "deploy/prometheus/enawatch-rules.yaml",
-            Self::PrometheusOperator => "deploy/kubernetes/prometheusrule.yaml",
-            Self::AmpAck => "deploy/amp/rulegroupsnamespace.yaml",
-        }
-    }
-
-    /// The command that produces it.
+    /// The command that produces it (for agents that are scraped).
     pub fn command(self) -> &'static str {
         match self {
             Self::Prometheus => "enawatch rules render --format prometheus",
@@ -664,11 +704,33 @@ fn metadata() -> Metadata {
     }
 }
 
-/// Renders the rules in one flavour.
+/// The checked-in renderings: format, agents, path from the repository root. The AMP ones are
+/// for agents that push (remote write is how samples reach AMP).
+pub const COPIES: [(Flavour, Agents, &str); 4] = [
+    (Flavour::Prometheus, Agents::Scraped, "deploy/prometheus/enawatch-rules.yaml"),
+    (Flavour::PrometheusOperator, Agents::Scraped, "deploy/kubernetes/prometheusrule.yaml"),
+    (Flavour::AmpAck, Agents::Push, "deploy/amp/rulegroupsnamespace.yaml"),
+    (Flavour::Prometheus, Agents::Push, "deploy/amp/enawatch-rules.yaml"),
+];
+
+/// The command that renders the rules in `flavour` for `agents`.
+pub fn command(flavour: Flavour, agents: Agents) -> String {
+    match agents {
+        Agents::Scraped => flavour.command().to_owned(),
+        Agents::Push => format!("{} --agents push", flavour.command()),
+    }
+}
+
+/// Renders the rules in one flavour, for agents that are scraped.
 pub fn render(flavour: Flavour) -> String {
-    let groups = groups();
+    render_for(flavour, Agents::Scraped)
+}
+
+/// Renders the rules in one flavour for `agents`.
+pub fn render_for(flavour: Flavour, agents: Agents) -> String {
+    let groups = groups_for(agents);
     let rule_file = yaml_serde::to_string(&RuleFile { groups: &groups }).expect("rules serialize");
-    let mut out = format!("# Generated by `{}`; do not edit.\n", flavour.command());
+    let mut out = format!("# Generated by `{}`; do not edit.\n", command(flavour, agents));
     let body = match flavour {
         Flavour::Prometheus => rule_file,
         Flavour::PrometheusOperator => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::{bin, TempDir};
-use enawatch::generate::rules::{self, Flavour};
+use enawatch::generate::rules::{self, Agents, Flavour};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,9 +34,9 @@ fn yaml(path: &Path) -> yaml_serde::Value {
 
 #[test]
 fn checked_in_rules_equal_what_the_binary_renders() {
-    for flavour in [Flavour::Prometheus, Flavour::PrometheusOperator, Flavour::AmpAck] {
-        let rendered = rules::render(flavour);
-        let path = root().join(flavour.path());
+    for (flavour, agents, file) in rules::COPIES {
+        let rendered = rules::render_for(flavour, agents);
+        let path = root().join(file);
         if std::env::var_os("ENAWATCH_UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, &rendered).unwrap();
             continue;
@@ -44,15 +44,16 @@ fn checked_in_rules_equal_what_the_binary_renders() {
         let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             checked_in == rendered,
-            "{} is stale: run `{} > {}` (or ENAWATCH_UPDATE_GOLDEN=1 cargo test --test tools package::)",
-            flavour.path(),
-            flavour.command(),
-            flavour.path()
+            "{file} is stale: run `{} > {file}` (or ENAWATCH_UPDATE_GOLDEN=1 cargo test --test tools package::)",
+            rules::command(flavour, agents),
         );
     }
     // The command line gives the same bytes.
-    let out = Command::new(bin()).args(["rules", "render", "--format", "amp-ack"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), rules::render(Flavour::AmpAck));
+    let out = Command::new(bin())
+        .args(["rules", "render", "--format", "amp-ack", "--agents", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), rules::render_for(Flavour::AmpAck, Agents::Push));
 }
 
 #[test]
@@ -67,13 +68,15 @@ fn an_unknown_render_format_lists_the_known_ones() {
 fn every_flavour_passes_promtool_lint() {
     let dir = TempDir::new("rules");
     // The plain file as it is; the other two carry the same groups inside a resource.
-    let operator = yaml(&root().join(Flavour::PrometheusOperator.path()));
-    let amp = yaml(&root().join(Flavour::AmpAck.path()));
+    let operator = yaml(&root().join("deploy/kubernetes/prometheusrule.yaml"));
+    let amp = yaml(&root().join("deploy/amp/rulegroupsnamespace.yaml"));
     let from_operator = yaml_serde::to_string(&operator["spec"]).unwrap();
     let from_amp = amp["spec"]["configuration"].as_str().expect("configuration is a string").to_owned();
     std::fs::write(dir.join("operator.yaml"), from_operator).unwrap();
     std::fs::write(dir.join("amp.yaml"), from_amp).unwrap();
-    for file in [root().join(Flavour::Prometheus.path()), dir.join("operator.yaml"), dir.join("amp.yaml")] {
+    let plain =
+        ["deploy/prometheus/enawatch-rules.yaml", "deploy/amp/enawatch-rules.yaml"].map(|f| root().join(f));
+    for file in plain.into_iter().chain([dir.join("operator.yaml"), dir.join("amp.yaml")]) {
         let out = tool("promtool", "prometheus", &["check", "rules", "--lint=all", file.to_str().unwrap()]);
         let text = assert_ok(&out, &format!("promtool check rules --lint=all {}", file.display()));
         assert!(text.contains("SUCCESS: 34 rules found"), "{text}");

@@ -30,8 +30,8 @@ const HCL2_INSTALL: &str = "python3 -m pip install python-hcl2==8.1.4";
 const CHECKOV_VENV: &str = "/opt/enawatch-checkov";
 const CHECKOV_INSTALL: &str = "python3 -m venv /opt/enawatch-checkov && \
      /opt/enawatch-checkov/bin/pip install checkov==3.3.30 (scripts/test does this)";
-/// The plain Prometheus rule file: what AMP's rule groups namespace API takes.
-const RULES: &str = "deploy/prometheus/enawatch-rules.yaml";
+/// The plain Prometheus rule file for pushing agents: what AMP's rule groups namespace API takes.
+const RULES: &str = "deploy/amp/enawatch-rules.yaml";
 /// The same groups inside the ACK controller's resource.
 const AMP_RULES: &str = "deploy/amp/rulegroupsnamespace.yaml";
 const AMP_ALERTMANAGER: &str = "deploy/amp/alertmanagerdefinition.yaml";
@@ -353,7 +353,7 @@ fn variable_findings(m: &Module) -> Vec<String> {
 
 /// The one rule groups namespace's data is exactly the shipped rule file, read with file().
 fn rules_findings(m: &Module) -> Vec<String> {
-    let expected = r#"${file("${path.module}/../prometheus/enawatch-rules.yaml")}"#;
+    let expected = r#"${file("${path.module}/../amp/enawatch-rules.yaml")}"#;
     let namespaces = m.resources("aws_prometheus_rule_group_namespace");
     let mut f = Findings::default();
     f.check(namespaces.len() == 1, || {
@@ -622,7 +622,7 @@ fn the_checkers_fail_on_a_broken_module() {
     assert_flags(&file_findings(&m), "/etc/enawatch/iam/", "a path not relative to the module");
 
     let m = mutated("inline rules", &|s| {
-        if s.contains("prometheus/enawatch-rules.yaml") {
+        if s.contains("amp/enawatch-rules.yaml") {
             "\"groups: []\"".to_owned()
         } else {
             s.to_owned()
