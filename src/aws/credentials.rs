@@ -157,16 +157,58 @@ pub(crate) fn choose(env: Env<'_>) -> Result<Source, String> {
         let session_name = env("AWS_ROLE_SESSION_NAME").unwrap_or_else(default_session_name);
         return Ok(Source::WebIdentity { token_file, role_arn, session_name });
     }
+    match imds_endpoint(env)? {
+        Some(endpoint) => Ok(Source::Imds { endpoint }),
+        None => Err("no AWS credentials: none in the environment, no container endpoint, no web \
+                     identity token, and AWS_EC2_METADATA_DISABLED=true"
+            .into()),
+    }
+}
+
+/// Where IMDS is (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, tests point it at a stand-in), or
+/// `None` when `AWS_EC2_METADATA_DISABLED=true`.
+pub(super) fn imds_endpoint(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<reqwest::Url>, String> {
     if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err("no AWS credentials: none in the environment, no container endpoint, no web \
-                    identity token, and AWS_EC2_METADATA_DISABLED=true"
-            .into());
+        return Ok(None);
     }
     let endpoint =
         env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
-    let endpoint = reqwest::Url::parse(&endpoint)
-        .map_err(|e| format!("AWS_EC2_METADATA_SERVICE_ENDPOINT: {endpoint:?} is not a URL ({e})"))?;
-    Ok(Source::Imds { endpoint })
+    reqwest::Url::parse(&endpoint)
+        .map(Some)
+        .map_err(|e| format!("AWS_EC2_METADATA_SERVICE_ENDPOINT: {endpoint:?} is not a URL ({e})"))
+}
+
+/// An IMDSv2 session: the token, and reads of paths with it, each answer read bounded.
+pub(super) struct ImdsSession<'a> {
+    client: &'a reqwest::Client,
+    endpoint: &'a reqwest::Url,
+    token: String,
+}
+
+impl<'a> ImdsSession<'a> {
+    /// Asks `endpoint` for a session token valid `ttl_seconds`.
+    pub(super) async fn open(
+        client: &'a reqwest::Client,
+        endpoint: &'a reqwest::Url,
+        ttl_seconds: u32,
+    ) -> Result<Self, String> {
+        let request = client
+            .put(imds_url(endpoint, "/latest/api/token")?)
+            .header("x-aws-ec2-metadata-token-ttl-seconds", ttl_seconds.to_string());
+        let token = text(request.send().await, "the token request").await?.trim().to_owned();
+        Ok(Self { client, endpoint, token })
+    }
+
+    /// The answer at `path`; `what` names the request in errors.
+    pub(super) async fn get(&self, path: &str, what: &str) -> Result<String, String> {
+        let request =
+            self.client.get(imds_url(self.endpoint, path)?).header("x-aws-ec2-metadata-token", &self.token);
+        text(request.send().await, what).await
+    }
+}
+
+fn imds_url(endpoint: &reqwest::Url, path: &str) -> Result<reqwest::Url, String> {
+    endpoint.join(path).map_err(|e| format!("{endpoint}{path} is not a URL: {e}"))
 }
 
 /// Start-up's check of a token file: read as every fetch will read it (a FIFO is refused
@@ -347,38 +389,16 @@ impl Provider {
     }
 
     async fn imds(&self, endpoint: &reqwest::Url) -> Result<Credentials, String> {
-        let join =
-            |path: &str| endpoint.join(path).map_err(|e| format!("{endpoint}{path} is not a URL: {e}"));
-        let token = text(
-            self.client
-                .put(join("/latest/api/token")?)
-                .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
-                .send()
-                .await,
-            "the token request",
-        )
-        .await?;
+        let session = ImdsSession::open(&self.client, endpoint, 21_600).await?;
         let base = "/latest/meta-data/iam/security-credentials/";
-        let roles = text(
-            self.client.get(join(base)?).header("x-aws-ec2-metadata-token", token.trim()).send().await,
-            "the role request (does the instance have a role?)",
-        )
-        .await?;
+        let roles = session.get(base, "the role request (does the instance have a role?)").await?;
         let role = roles
             .lines()
             .next()
             .map(str::trim)
             .filter(|r| !r.is_empty())
             .ok_or("the instance has no role")?;
-        let body = text(
-            self.client
-                .get(join(&format!("{base}{role}"))?)
-                .header("x-aws-ec2-metadata-token", token.trim())
-                .send()
-                .await,
-            "the credentials request",
-        )
-        .await?;
+        let body = session.get(&format!("{base}{role}"), "the credentials request").await?;
         from_json(&body)
     }
 

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::credentials::{imds_endpoint, ImdsSession};
 use crate::outbound::ClientOptions;
 
 /// What IMDS says about the instance.
@@ -22,42 +23,18 @@ pub struct Identity {
 
 /// Asks IMDSv2 (a token, then three reads), each request within `timeout`.
 pub(crate) async fn identity(env: fn(&str) -> Option<String>, timeout: Duration) -> Result<Identity, String> {
-    if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err("AWS_EC2_METADATA_DISABLED=true".into());
-    }
-    let endpoint =
-        env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
-    let base = reqwest::Url::parse(&endpoint).map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    let endpoint = imds_endpoint(&env)?.ok_or("AWS_EC2_METADATA_DISABLED=true")?;
     let client = ClientOptions::new()
         .connect_timeout(timeout)
         .timeout(timeout)
         .no_redirects()
         .build()
         .map_err(|e| e.to_string())?;
-    let join = |path: &str| base.join(path).map_err(|e| format!("{endpoint}{path}: {e}"));
-    let token = client
-        .put(join("/latest/api/token")?)
-        .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("token: {}", crate::outbound::describe(&e.without_url())))?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
+    let session = ImdsSession::open(&client, &endpoint, 60).await?;
     let get = |path: &'static str| {
-        let (client, token) = (&client, token.trim());
+        let session = &session;
         async move {
-            let text = client
-                .get(join(path)?)
-                .header("x-aws-ec2-metadata-token", token)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| format!("{path}: {}", crate::outbound::describe(&e.without_url())))?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
+            let text = session.get(path, path).await?;
             let text = text.trim();
             if text.is_empty() || text.len() > 256 {
                 return Err(format!("{path}: unexpected answer"));
