@@ -95,19 +95,24 @@ pub(crate) fn decode_labels(encoded: &[u8]) -> Result<Vec<(String, String)>, Str
     let mut out = Vec::new();
     for (field, value) in fields(encoded)? {
         if let (1, Field::Bytes(label)) = (field, value) {
-            let (mut name, mut value) = (String::new(), String::new());
-            for (f, v) in fields(label)? {
-                let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
-                match (f, v) {
-                    (1, Field::Bytes(b)) => name = text(b)?,
-                    (2, Field::Bytes(b)) => value = text(b)?,
-                    _ => {}
-                }
-            }
-            out.push((name, value));
+            out.push(decode_label(label)?);
         }
     }
     Ok(out)
+}
+
+/// One `Label` message: (name, value).
+fn decode_label(label: &[u8]) -> Result<(String, String), String> {
+    let (mut name, mut value) = (String::new(), String::new());
+    for (f, v) in fields(label)? {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
+        match (f, v) {
+            (1, Field::Bytes(b)) => name = text(b)?,
+            (2, Field::Bytes(b)) => value = text(b)?,
+            _ => {}
+        }
+    }
+    Ok((name, value))
 }
 
 /// One decoded `TimeSeries`: labels in wire order, then (timestamp ms, value) samples.
@@ -128,18 +133,7 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<DecodedSeries>, String> {
             let mut s = DecodedSeries { labels: Vec::new(), samples: Vec::new() };
             for (field, value) in fields(ts)? {
                 match (field, value) {
-                    (1, Field::Bytes(label)) => {
-                        let (mut name, mut value) = (String::new(), String::new());
-                        for (f, v) in fields(label)? {
-                            let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
-                            match (f, v) {
-                                (1, Field::Bytes(b)) => name = text(b)?,
-                                (2, Field::Bytes(b)) => value = text(b)?,
-                                _ => {}
-                            }
-                        }
-                        s.labels.push((name, value));
-                    }
+                    (1, Field::Bytes(label)) => s.labels.push(decode_label(label)?),
                     (2, Field::Bytes(sample)) => {
                         let (mut ts, mut v) = (0i64, 0f64);
                         for (f, x) in fields(sample)? {

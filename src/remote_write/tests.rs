@@ -137,13 +137,10 @@ fn snapshot(seq: u64, at_ms: i64) -> Arc<Snapshot> {
     Arc::new(Snapshot { seq, at_ms, ..Snapshot::empty() })
 }
 
-#[test]
-fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
-    let fine = endpoint(
-        "url: http://127.0.0.1:9/a\nname: fine\nresolution: 1s\nexternal_labels: {cluster: c1, zz: last}\n",
-    );
-    let coarse = endpoint("url: http://127.0.0.1:9/b\nname: coarse\nresolution: 5s\n");
-    let endpoints = resolve_all(&[fine, coarse], Duration::from_secs(1)).unwrap();
+/// A pusher for `endpoints` (1 s interval) whose collector the test drives by hand, and the
+/// store it reads.
+fn collecting(endpoints: &[EndpointConfig]) -> (Arc<Store>, Pusher, Collector) {
+    let endpoints = resolve_all(endpoints, Duration::from_secs(1)).unwrap();
     let stats = stats(&endpoints);
     let store = Arc::new(Store::new(10));
     let options = metrics::Options {
@@ -155,13 +152,23 @@ fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
     let mut pusher =
         Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, Duration::from_secs(1)).unwrap();
     pusher.stop_collecting();
-    let mut collector = Collector::new(
+    let collector = Collector::new(
         pusher.shared.clone(),
         Arc::clone(&store),
         options,
         Duration::from_secs(1),
-        vec![i64::MIN; 2],
+        vec![i64::MIN; endpoints.len()],
     );
+    (store, pusher, collector)
+}
+
+#[test]
+fn the_collector_takes_one_step_per_resolution_with_the_metrics_series() {
+    let fine = endpoint(
+        "url: http://127.0.0.1:9/a\nname: fine\nresolution: 1s\nexternal_labels: {cluster: c1, zz: last}\n",
+    );
+    let coarse = endpoint("url: http://127.0.0.1:9/b\nname: coarse\nresolution: 5s\n");
+    let (store, pusher, mut collector) = collecting(&[fine, coarse]);
     collector.poll(); // the empty snapshot before the first tick: nothing
     for k in 1..=12 {
         store.publish(snapshot(k, 1_790_000_000_000 + i64::try_from(k).unwrap() * 1000));
@@ -245,25 +252,7 @@ fn otlp_endpoints_and_cloudwatch_sigv4() {
 #[test]
 fn otlp_steps_carry_types_and_start_times_that_move_only_on_a_restart() {
     let e = endpoint("url: http://127.0.0.1:9/\nname: otel\nprotocol: otlp\nresolution: 1s\n");
-    let endpoints = resolve_all(&[e], Duration::from_secs(1)).unwrap();
-    let stats = stats(&endpoints);
-    let store = Arc::new(Store::new(10));
-    let options = metrics::Options {
-        compat: Vec::new(),
-        interval: Duration::from_secs(1),
-        notify: None,
-        remote_write: Some(Arc::clone(&stats)),
-    };
-    let mut pusher =
-        Pusher::start(&endpoints, &stats, Arc::clone(&store), &options, Duration::from_secs(1)).unwrap();
-    pusher.stop_collecting();
-    let mut collector = Collector::new(
-        pusher.shared.clone(),
-        Arc::clone(&store),
-        options,
-        Duration::from_secs(1),
-        vec![i64::MIN],
-    );
+    let (store, pusher, mut collector) = collecting(&[e]);
     let base = 1_790_000_000_000;
     // Ticks 1..=4, then the counter starts over at 1 (what a new process shows).
     for (k, seq) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 1)] {

@@ -417,8 +417,8 @@ impl DnsStats {
     /// ENIs now: judges the failures sent until then, and returns the families' counters.
     pub(crate) fn tick(&mut self, to_ms: i64, watched: &HashSet<u32>) -> Totals {
         self.enis.retain(|i, _| watched.contains(i));
-        let names: HashSet<&String> = self.enis.values().collect();
-        self.families.keep_enis(|e| names.iter().any(|n| n.as_str() == e));
+        let enis = &self.enis;
+        self.families.keep_enis(|e| enis.values().any(|n| n == e));
         self.throttling.known_until(to_ms);
         while self.pending.front().is_some_and(|f| f.sent_ms <= to_ms) {
             let f = self.pending.pop_front().expect("checked");

@@ -84,46 +84,45 @@ pub type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 /// Reads an HTTP request's line and headers from `stream`: the request line and the reader,
 /// positioned at the body (for stand-ins of the APIs the agent calls).
 pub fn read_request(stream: TcpStream) -> (String, std::io::BufReader<TcpStream>) {
-    use std::io::BufRead as _;
     let mut reader = std::io::BufReader::new(stream);
+    let (line, _) = next_request(&mut reader).unwrap_or_default();
+    (line, reader)
+}
+
+/// The next request on a connection: its request line and its body (by `Content-Length`);
+/// `None` once the client has closed it or sent less than it announced.
+pub fn next_request(reader: &mut std::io::BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    use std::io::BufRead as _;
     let mut line = String::new();
-    let _ = reader.read_line(&mut line);
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
             break;
         }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
     }
-    (line, reader)
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((line, body))
 }
 
 /// Answers every request on `listener` with 200 and records its path and body.
 pub fn record_posts(listener: TcpListener) -> Posts {
-    use std::io::BufRead as _;
     let posts: Posts = Posts::default();
     let store = std::sync::Arc::clone(&posts);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = std::io::BufReader::new(stream);
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
+            let Some((request_line, body)) = next_request(&mut reader) else { continue };
             let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
             store.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
             let _ = reader
                 .get_mut()

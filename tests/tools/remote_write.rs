@@ -26,7 +26,7 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -515,26 +515,7 @@ impl Receiver {
 /// Answers one request (`Connection: close`, so a closed receiver has no pooled connection).
 fn serve(stream: TcpStream, mode: &Mutex<Mode>, seen: &Mutex<Seen>) {
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
+    let Some((_, body)) = crate::support::next_request(&mut reader) else { return };
     let series = decode_request(&body).expect("a valid Remote Write body");
     let mut m = mode.lock().unwrap();
     let (status, extra, text) = match *m {
