@@ -399,7 +399,7 @@ const DNS_MIN_FAILURES: u64 = 10;
 /// Both DNS alerts hold as long as their window: a single burst of failures stays in the
 /// window for one window and so never fires, failures that recur or last do.
 const DNS_HOLD: Duration = Duration::from_secs(5 * 60);
-/// How often the DNS group runs. Its rules read every DNS series of every node (a few hundred
+/// How often the DNS group runs. Its rules read every DNS series of every node (about a hundred
 /// a node, against a dozen for the allowances), and what they compute moves on the scale of
 /// the 5-minute window and hold, not of a scrape: every 2 minutes costs a quarter of every
 /// 30 s (measured at 1,000 nodes, docs/performance.md), and an alert fires at most 2 minutes
@@ -407,7 +407,7 @@ const DNS_HOLD: Duration = Duration::from_secs(5 * 60);
 const DNS_INTERVAL: Duration = Duration::from_secs(2 * 60);
 
 /// The DNS families of the agent (issue 12), per workload and per upstream. A node exports
-/// its 50 busiest workloads, so a dense per-node recording would cost up to 50 series a node:
+/// its 20 busiest workloads, so a dense per-node recording would cost up to 20 series a node:
 /// the per-node one records only what fails, the ratio and the latency are summed over the
 /// cluster's nodes (one series per failing workload, four per upstream).
 fn dns() -> Vec<Rule> {

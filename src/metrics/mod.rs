@@ -447,9 +447,12 @@ fn dns<S: Sink>(e: &mut S, totals: Option<&Totals>, next: &mut impl FnMut(&mut S
     for (device, n) in &t.unanswered {
         e.sample(name, &[("device", device)], Value::Int(*n));
     }
+    // Query and latency series exist only for the upstreams a node's workloads use (most use
+    // one), as a client library creates a labelled series on first use: rules read every
+    // series, and at fleet scale the unused upstreams' zeros were most of their cost.
     let name = next(e);
     for ((namespace, workload), c) in &t.workloads {
-        for u in Upstream::ALL {
+        for u in Upstream::ALL.into_iter().filter(|u| c.queries[u.index()] > 0) {
             let labels = [("namespace", &**namespace), ("workload", &**workload), ("upstream", u.label())];
             e.sample(name, &labels, Value::Int(c.queries[u.index()]));
         }
@@ -479,20 +482,18 @@ fn dns<S: Sink>(e: &mut S, totals: Option<&Totals>, next: &mut impl FnMut(&mut S
         e.sample(name, &[("namespace", namespace), ("workload", workload)], Value::Int(c.search_path));
     }
     let name = next(e);
-    if totals.is_some() {
-        let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
-        let mut bound = String::new();
-        for u in Upstream::ALL {
-            let h = &t.latency[u.index()];
-            for (le, n) in h.cumulative() {
-                bound.clear();
-                let _ = write!(bound, "{le}");
-                e.sample(&bucket, &[("upstream", u.label()), ("le", &bound)], Value::Int(n));
-            }
-            e.sample(&bucket, &[("upstream", u.label()), ("le", "+Inf")], Value::Int(h.count));
-            e.sample(&sum, &[("upstream", u.label())], Value::Float(h.sum));
-            e.sample(&count, &[("upstream", u.label())], Value::Int(h.count));
+    let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
+    let mut bound = String::new();
+    for u in Upstream::ALL.into_iter().filter(|u| t.latency[u.index()].count > 0) {
+        let h = &t.latency[u.index()];
+        for (le, n) in h.cumulative() {
+            bound.clear();
+            let _ = write!(bound, "{le}");
+            e.sample(&bucket, &[("upstream", u.label()), ("le", &bound)], Value::Int(n));
         }
+        e.sample(&bucket, &[("upstream", u.label()), ("le", "+Inf")], Value::Int(h.count));
+        e.sample(&sum, &[("upstream", u.label())], Value::Float(h.sum));
+        e.sample(&count, &[("upstream", u.label())], Value::Int(h.count));
     }
 }
 
@@ -684,5 +685,49 @@ mod tests {
                 "node_ethtool_linklocal_allowance_exceeded{device=\"ens5\"} 5",
             ]
         );
+    }
+
+    #[test]
+    fn dns_query_and_latency_series_exist_only_for_upstreams_asked() {
+        use crate::source::dns::families::{Counts, Histogram, Totals};
+        // DNS analysis on, nothing asked yet: no query series and no histogram.
+        let idle = Totals {
+            workloads: vec![((Arc::from("shop"), Arc::from("web")), Counts::default())],
+            ..Totals::default()
+        };
+        // The same workload after asking the cluster DNS alone, answered in 2 ms.
+        let mut latency = Histogram::default();
+        latency.buckets[10] = 3;
+        latency.count = 3;
+        latency.sum = 0.006;
+        let asked = Totals {
+            workloads: vec![(
+                (Arc::from("shop"), Arc::from("web")),
+                Counts { queries: [0, 0, 3, 0], ..Counts::default() },
+            )],
+            latency: [Histogram::default(), Histogram::default(), latency, Histogram::default()],
+            unanswered: Vec::new(),
+        };
+        let options = Options {
+            compat: Vec::new(),
+            interval: Duration::from_secs(1),
+            notify: None,
+            remote_write: None,
+        };
+        let series = |totals: Totals, prefix: &str| {
+            let snapshot = Snapshot { seq: 1, dns: Some(Arc::new(totals)), ..Snapshot::empty() };
+            let text = render(&snapshot, &options, Format::Text).into_text();
+            text.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect::<Vec<_>>()
+        };
+        assert!(series(idle.clone(), "enawatch_dns_queries_total").is_empty());
+        assert!(series(idle, "enawatch_dns_response_seconds").is_empty());
+        assert_eq!(
+            series(asked.clone(), "enawatch_dns_queries_total"),
+            ["enawatch_dns_queries_total{namespace=\"shop\",workload=\"web\",upstream=\"cluster_dns\"} 3"]
+        );
+        let histogram = series(asked, "enawatch_dns_response_seconds");
+        // 57 buckets, +Inf, sum and count of the one upstream asked.
+        assert_eq!(histogram.len(), crate::source::dns::families::LATENCY_BUCKETS + 3);
+        assert!(histogram.iter().all(|l| l.contains("upstream=\"cluster_dns\"")), "{histogram:?}");
     }
 }
