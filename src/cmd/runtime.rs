@@ -54,12 +54,15 @@ pub(crate) fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen,
     }
     if let Some(name) = &args.simulate {
         let scenario = Scenario::load(name).map_err(Failure::bad)?;
-        return Ok(Chosen {
-            source: Box::new(SimulatedSource::new(scenario)),
-            what: format!("simulation {name}"),
-            dns: None,
-            pods: None,
-        });
+        // The scenario's pods and their lookups, through the agent's own DNS analysis.
+        let pods = scenario.pods().map(|p| Arc::new(Mutex::new(p)));
+        let mut source = SimulatedSource::new(scenario);
+        let dns =
+            pods.as_ref().map(|p| Arc::new(Mutex::new(DnsStats::new(config.dns.clone(), Some(p.clone())))));
+        if let Some(dns) = &dns {
+            source = source.with_dns(Arc::clone(dns));
+        }
+        return Ok(Chosen { source: Box::new(source), what: format!("simulation {name}"), dns, pods });
     }
     let pods = config.pod_attribution.then(|| Arc::new(Mutex::new(Pods::default())));
     let dns =

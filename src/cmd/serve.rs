@@ -149,9 +149,13 @@ pub fn demo(listen: &str, scenario: &str) -> Result<(), Failure> {
         println!("  metrics      {url}/metrics");
         println!("  health       {url}/healthz");
         println!("  link-local   curl -s {url}/metrics | grep 'allowance=\"linklocal\"'");
+        if chosen.dns.is_some() {
+            println!("  who is hurt  curl -s {url}/metrics | grep enawatch_dns_failures_total");
+        }
         println!("  terminal     enawatch top --simulate {scenario}\n");
         println!(
-            "Throttling is logged below as it starts and ends (the first burst ~10 s in). Ctrl-C stops.\n"
+            "Throttling is logged below as it starts and ends (the first burst ~10 s in); the lookups \
+             it cost the pods count as failed 5 s later. Ctrl-C stops.\n"
         );
     }
     run_with(&config, listener, chosen)

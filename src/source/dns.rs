@@ -31,7 +31,9 @@ use serde::Serialize;
 use self::families::{Families, Reason, Throttling, Totals, Upstream, Upstreams, Workload};
 use self::transactions::{Done, Outcome, Sighting, Table};
 use self::wire::Name;
+use crate::base::allowance::Allowance;
 use crate::source::pods::Pods;
+use crate::source::Reading;
 use crate::sys::packet::{Frame, Instruction};
 
 #[doc(hidden)]
@@ -404,6 +406,18 @@ impl DnsStats {
             .clone()
     }
 
+    /// A watched ENI's reading at `now_ms`, the interface `ifindex`: tells the throttling
+    /// join whether its `linklocal_allowance_exceeded` grew since `last` (its previous
+    /// reading's time and value, which this updates).
+    pub(crate) fn reading(&mut self, ifindex: u32, r: &Reading, last: &mut Option<(i64, u64)>, now_ms: i64) {
+        let Some(k) = r.schema.index.exceeded[Allowance::Linklocal.index()] else { return };
+        let Some(&value) = r.values.get(k) else { return };
+        if let Some((from_ms, before)) = *last {
+            self.interval(ifindex, &r.device.name, from_ms, now_ms, value > before);
+        }
+        *last = Some((now_ms, value));
+    }
+
     /// One sampling interval (from, to] of a watched ENI: whether its
     /// `linklocal_allowance_exceeded` grew.
     pub(crate) fn interval(&mut self, ifindex: u32, eni: &str, from_ms: i64, to_ms: i64, grew: bool) {
@@ -431,6 +445,7 @@ impl DnsStats {
 
     /// A summary for the API, the page and `diagnose`.
     pub fn report(&self, now_ms: i64) -> DnsReport {
+        let pods = self.pods.as_ref().map(|p| p.lock().unwrap_or_else(PoisonError::into_inner));
         let clients: Vec<ClientReport> = self
             .clients
             .top()
@@ -465,7 +480,7 @@ impl DnsStats {
                         would_save: c.chain_queries - c.needed_queries,
                         recommended_ndots: c.dots.iter().copied().min().unwrap_or(1).clamp(1, 2),
                     }),
-                    pod: None,
+                    pod: pods.as_ref().and_then(|p| p.lookup(&addr.to_string()).cloned()),
                 }
             })
             .collect();

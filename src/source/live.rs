@@ -20,7 +20,7 @@ use regex_lite::Regex;
 use tracing::{debug, info, warn};
 
 use super::{Device, Event, ReadError, Reading, Sample, Schema, Source};
-use crate::base::allowance::{Allowance, ENA_DRIVER};
+use crate::base::allowance::ENA_DRIVER;
 use crate::source::dns::{self, DnsStats};
 use crate::source::linklocal::Targets;
 use crate::source::tap::{Sockets, Tap};
@@ -397,7 +397,7 @@ impl Source for LiveSource {
                         add_stats(layouts, &mut r, stats);
                     }
                     if let Some(dns) = &mut dns {
-                        report_interval(dns, w, &r, now_ms);
+                        dns.reading(w.index, &r, &mut w.linklocal_exceeded, now_ms);
                     }
                     sample.readings.push(r);
                 }
@@ -449,17 +449,6 @@ fn add_stats(layouts: &mut Layouts, r: &mut Reading, extra: &[(String, u64)]) {
     let names = r.schema.names.iter().cloned().chain(added.iter().map(|(n, _)| n.clone())).collect();
     r.schema = layouts.intern(names);
     r.values = r.values.iter().copied().chain(added.iter().map(|(_, v)| *v)).collect();
-}
-
-/// Tells the DNS analysis whether `w`'s `linklocal_allowance_exceeded` grew since its last
-/// reading.
-fn report_interval(dns: &mut DnsStats, w: &mut Watched, r: &Reading, now_ms: i64) {
-    let Some(k) = r.schema.index.exceeded[Allowance::Linklocal.index()] else { return };
-    let Some(&value) = r.values.get(k) else { return };
-    if let Some((from_ms, last)) = w.linklocal_exceeded {
-        dns.interval(w.index, &w.device.name, from_ms, now_ms, value > last);
-    }
-    w.linklocal_exceeded = Some((now_ms, value));
 }
 
 #[cfg(test)]

@@ -60,6 +60,12 @@ impl Pods {
         v
     }
 
+    /// Adds a pod at `ip` by hand: the pods of a simulated node.
+    pub fn insert(&mut self, ip: String, pod: PodRef) {
+        self.generation += 1;
+        self.by_ip.insert(ip, pod);
+    }
+
     /// Applies one pod as listed or watched (`ADDED`, `MODIFIED`, `DELETED`).
     pub fn apply(&mut self, kind: &str, pod: &Pod) {
         self.generation += 1;

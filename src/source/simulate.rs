@@ -8,14 +8,20 @@
 //! Scenarios are YAML, in the format of `docs/scenarios.md`; the built-ins are in `scenarios/`.
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
+use self::lookups::{Client, Lookups, Resolver};
 use super::{Device, Reading, Sample, Schema, Source};
 use crate::base::allowance::{Allowance, CONNTRACK_AVAILABLE};
 use crate::base::parse_duration;
+use crate::source::dns::DnsStats;
+use crate::source::pods::{PodRef, Pods};
+
+mod lookups;
 
 /// The built-in scenarios: name, YAML.
 pub(crate) const BUILT_IN: [(&str, &str); 5] = [
@@ -56,7 +62,25 @@ struct ScenarioFile {
     linklocal_pps: Option<u32>,
     #[serde(default)]
     events: Vec<EventSpec>,
+    /// The node's pods and their DNS lookups.
+    #[serde(default)]
+    dns: Vec<LookupSpec>,
 }
+
+/// One pod's lookups in a scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupSpec {
+    workload: String,
+    address: Ipv4Addr,
+    upstream: String,
+    rate: u64,
+}
+
+/// At most this many pods look names up in a scenario...
+const MAX_LOOKUP_PODS: usize = 64;
+/// ...each at most this many times a second (the simulation builds every packet).
+const MAX_LOOKUP_RATE: u64 = 10_000;
 
 fn one() -> u8 {
     1
@@ -136,6 +160,7 @@ pub struct Scenario {
     ramps: Vec<(Option<usize>, u64, Window)>,
     resets: Vec<(Option<usize>, Window)>,
     glitches: Vec<(Option<usize>, Window)>,
+    lookups: Vec<Client>,
 }
 
 /// A scenario that cannot be used.
@@ -221,6 +246,7 @@ impl Scenario {
             ramps: Vec::new(),
             resets: Vec::new(),
             glitches: Vec::new(),
+            lookups: Vec::new(),
         };
         for (i, event) in file.events.iter().enumerate() {
             match event {
@@ -249,7 +275,59 @@ impl Scenario {
             }
         }
         scenario.ramps.sort_by_key(|(_, _, w)| w.at);
+        if file.dns.len() > MAX_LOOKUP_PODS {
+            return Err(error(format!("dns: {} pods, at most {MAX_LOOKUP_PODS}", file.dns.len())));
+        }
+        for (i, spec) in file.dns.iter().enumerate() {
+            let (namespace, workload) = spec
+                .workload
+                .split_once('/')
+                .filter(|(n, w)| !n.is_empty() && !w.is_empty() && !w.contains('/'))
+                .ok_or_else(|| {
+                    error(format!("dns[{i}].workload: {:?} is not namespace/name", spec.workload))
+                })?;
+            let resolver = Resolver::from_label(&spec.upstream).ok_or_else(|| {
+                error(format!(
+                    "dns[{i}].upstream: {:?} is not one of vpc_resolver, nodelocal, cluster_dns",
+                    spec.upstream
+                ))
+            })?;
+            if !(1..=MAX_LOOKUP_RATE).contains(&spec.rate) {
+                return Err(error(format!(
+                    "dns[{i}].rate: {} is not between 1 and {MAX_LOOKUP_RATE}",
+                    spec.rate
+                )));
+            }
+            if scenario.lookups.iter().any(|c| c.address == spec.address) {
+                return Err(error(format!("dns[{i}].address: {} is another pod's", spec.address)));
+            }
+            scenario.lookups.push(Client {
+                namespace: namespace.to_owned(),
+                workload: workload.to_owned(),
+                address: spec.address,
+                resolver,
+                rate: spec.rate,
+            });
+        }
         Ok(scenario)
+    }
+
+    /// The pods whose lookups the scenario plays, by address; `None` if it plays none.
+    pub fn pods(&self) -> Option<Pods> {
+        if self.lookups.is_empty() {
+            return None;
+        }
+        let mut pods = Pods::default();
+        for c in &self.lookups {
+            let pod = PodRef {
+                namespace: c.namespace.clone(),
+                pod: format!("{}-6d4cf56db6-{}", c.workload, c.address.octets()[3]),
+                workload: Some(format!("Deployment/{}", c.workload)),
+                uid: c.address.to_string(),
+            };
+            pods.insert(c.address.to_string(), pod);
+        }
+        Some(pods)
     }
 
     /// Simulated devices.
@@ -257,19 +335,23 @@ impl Scenario {
         &self.devices
     }
 
-    /// Packets per second device `d` sends to link-local services at `t` (DNS, IMDS, NTP).
-    fn linklocal_rate(&self, d: usize, t: i64) -> Option<[u32; 3]> {
-        let base = self.linklocal_pps?;
+    /// Link-local packets a second device `d` drops at `t`.
+    fn linklocal_dropping(&self, d: usize, t: i64) -> u64 {
         let applies = |target: &Option<usize>| target.is_none_or(|x| x == d);
-        let dropping: u64 = self
-            .drops
+        self.drops
             .iter()
             .filter(|(dev, a, _, w)| {
                 applies(dev)
                     && *a == Allowance::Linklocal
                     && w.last_start(t).is_some_and(|s| t < s.saturating_add(w.duration))
             })
-            .fold(0u64, |sum, (_, _, rate, _)| sum.saturating_add(*rate));
+            .fold(0u64, |sum, (_, _, rate, _)| sum.saturating_add(*rate))
+    }
+
+    /// Packets per second device `d` sends to link-local services at `t` (DNS, IMDS, NTP).
+    fn linklocal_rate(&self, d: usize, t: i64) -> Option<[u32; 3]> {
+        let base = self.linklocal_pps?;
+        let dropping = self.linklocal_dropping(d, t);
         // Secondary ENIs carry a quarter of the primary's DNS traffic.
         let dns = if d == 0 { base } else { base / 4 };
         let dns = if dropping > 0 {
@@ -349,6 +431,7 @@ pub struct SimulatedSource {
     baseline: Vec<u64>,
     start_ms: Option<i64>,
     last_t: Option<i64>,
+    lookups: Option<Lookups>,
 }
 
 impl SimulatedSource {
@@ -377,7 +460,15 @@ impl SimulatedSource {
                 (Arc::new(device), Arc::clone(&schema))
             })
             .collect();
-        Self { scenario, devices, baseline, start_ms: None, last_t: None }
+        Self { scenario, devices, baseline, start_ms: None, last_t: None, lookups: None }
+    }
+
+    /// Plays the scenario's DNS lookups (see [`Scenario::pods`]) into `dns` as the samples
+    /// are taken.
+    #[must_use]
+    pub fn with_dns(mut self, dns: Arc<Mutex<DnsStats>>) -> Self {
+        self.lookups = Some(Lookups::new(dns, &self.scenario));
+        self
     }
 
     /// The values of every device `t` ms into the simulation, as a sample at `at_ms`
@@ -417,7 +508,10 @@ impl Source for SimulatedSource {
     fn sample(&mut self, now_ms: i64) -> Option<Sample> {
         let start = *self.start_ms.get_or_insert(now_ms);
         let t = now_ms - start;
-        let sample = self.sample_since(now_ms, t, self.last_t);
+        let mut sample = self.sample_since(now_ms, t, self.last_t);
+        if let Some(lookups) = &mut self.lookups {
+            sample.dns = Some(Arc::new(lookups.play(&self.scenario, start, t, &sample.readings)));
+        }
         self.last_t = Some(t);
         Some(sample)
     }
@@ -487,6 +581,37 @@ mod tests {
     }
 
     #[test]
+    fn dns_storm_pods_lose_the_share_of_lookups_ec2_drops_and_it_is_throttling() {
+        let scenario = Scenario::load("dns-storm").unwrap();
+        let pods = Arc::new(Mutex::new(scenario.pods().unwrap()));
+        let settings = crate::config::Settings::default().resolve().unwrap().dns;
+        let dns = Arc::new(Mutex::new(DnsStats::new(settings, Some(pods))));
+        let mut sim = SimulatedSource::new(scenario).with_dns(Arc::clone(&dns));
+        let start = 1_790_000_000_000;
+        // 20 s: the first burst (8-12 s, 350 dropped a second) and its timeouts (5 s) are in.
+        let mut totals = None;
+        for s in 0..=20 {
+            totals = sim.sample(start + s * 1000).unwrap().dns;
+        }
+        let totals = totals.unwrap();
+        let report = dns.lock().unwrap().report(start + 20_000);
+        let row =
+            |workload: &str| report.who_is_hurt.iter().find(|w| w.workload == workload).unwrap().clone();
+        // Lookups sent during the burst lose 350/(1024+350) of themselves: 4 s of each rate.
+        for (workload, rate, queries) in [("coredns", 300, 6000), ("web", 120, 2400), ("batch", 15, 300)] {
+            let w = row(workload);
+            assert_eq!(w.queries, queries, "{workload}: every lookup of 20 s counted once");
+            let share = rate * 4 * 350 / 1374;
+            assert!(w.timeouts.abs_diff(share) <= 1, "{workload}: {} lost, EC2 drops {share}", w.timeouts);
+            assert_eq!(w.throttled, w.timeouts, "{workload}: all during throttling");
+        }
+        let coredns = row("coredns").timeouts;
+        assert_eq!(totals.unanswered, [("ens5".to_owned(), coredns)], "CoreDNS's forwards left by ens5");
+        assert_eq!(row("web").namespace, "shop");
+        assert_eq!(report.unanswered, coredns + row("web").timeouts + row("batch").timeouts);
+    }
+
+    #[test]
     fn bad_scenarios_say_what_and_where() {
         let err = |yaml: &str| Scenario::parse(yaml, "x.yaml").unwrap_err().to_string();
         assert!(err("description: d\ndevices: 5\n").contains("devices: 5 is not between 1 and 4"));
@@ -496,6 +621,16 @@ mod tests {
         assert!(err("description: d\nevents:\n - kind: glitch\n   at: 1s\n   device: ens9\n")
             .contains("events[0].device: \"ens9\" is not one of ens5"));
         assert!(err("description: d\ncolor: red\n").contains("unknown field `color`"));
+        let pod = |fields: &str| err(&format!("description: d\ndns:\n - {{{fields}}}\n"));
+        assert!(pod("workload: web, address: 10.0.0.1, upstream: cluster_dns, rate: 1")
+            .contains("dns[0].workload: \"web\" is not namespace/name"));
+        assert!(pod("workload: a/web, address: 10.0.0.1, upstream: google, rate: 1")
+            .contains("dns[0].upstream: \"google\" is not one of vpc_resolver"));
+        assert!(pod("workload: a/web, address: 10.0.0.1, upstream: nodelocal, rate: 0")
+            .contains("dns[0].rate: 0 is not between 1 and 10000"));
+        assert!(pod("workload: a/web, address: 10.0.0.300, upstream: nodelocal, rate: 1").contains("address"));
+        let twice = "description: d\ndns:\n - {workload: a/b, address: 10.0.0.1, upstream: nodelocal, rate: 1}\n - {workload: a/c, address: 10.0.0.1, upstream: nodelocal, rate: 1}\n";
+        assert!(err(twice).contains("dns[1].address: 10.0.0.1 is another pod's"));
         let unknown = Scenario::load("dns-strom").unwrap_err().to_string();
         assert!(unknown.contains("known: steady, dns-storm"), "{unknown}");
     }

@@ -1,5 +1,5 @@
 //! The live page in real headless Chromium (Debian's `chromium`): against a simulated DNS
-//! storm, the charts and the alert banner appear, on a laptop-sized and a phone-sized
+//! storm, the charts, the alert banner and the workloads whose lookups failed appear, on a laptop-sized and a phone-sized
 //! window, and the browser makes no request outside 127.0.0.1. Screenshots are kept in
 //! tests/artifacts/ for people to look at.
 
@@ -49,6 +49,18 @@ fn the_page_shows_live_charts_and_the_alert_banner() {
         || agent.get("/api/v1/alerts").is_ok_and(|r| r.text().contains("\"firing\"")).then_some(()),
         String::new,
     );
+    // The scenario's pods lose lookups in the burst at 8 s; they are unanswered 5 s later.
+    wait_until(
+        "lookups lost to throttling in the DNS report",
+        Duration::from_secs(40),
+        || {
+            let body = agent.get("/api/v1/dns").ok()?.text();
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let hurt = v["report"]["who_is_hurt"].as_array()?;
+            hurt.iter().any(|w| w["workload"] == "web" && w["throttled"].as_u64() > Some(0)).then_some(())
+        },
+        || agent.get("/api/v1/dns").map(|r| r.text()).unwrap_or_default(),
+    );
 
     // A proxy that records and never answers: every request for another host comes here.
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -79,6 +91,14 @@ fn the_page_shows_live_charts_and_the_alert_banner() {
     let linklocal =
         dom.split("data-kind=\"linklocal\"").nth(1).and_then(|rest| rest.split('>').next()).unwrap_or("");
     assert!(linklocal.contains("data-points="), "the link-local budget chart is drawn: {linklocal}");
+    // Who is hurt: the workloads whose lookups failed during throttling, marked hot.
+    let hurt =
+        dom.split("<table class=\"hurt\">").nth(1).and_then(|t| t.split("</table>").next()).unwrap_or("");
+    for workload in ["kube-system/coredns", "shop/web", "jobs/batch"] {
+        let row = hurt.split("<tr").find(|r| r.contains(&format!("<td>{workload}</td>"))).unwrap_or("");
+        assert!(row.starts_with(" class=\"hot\""), "{workload} is hurt by throttling: {hurt}");
+    }
+    assert!(dom.contains("<td>10.0.1.15 (shop/web-6d4cf56db6-15)</td>"), "a DNS client is named by its pod");
 
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

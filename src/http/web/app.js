@@ -189,7 +189,8 @@ async function dnsClients() {
   if (!dns.enabled) { if (section) section.remove(); return; }
   if (!section) {
     section = el("section", { class: "device", id: "dns" });
-    $("#devices").after(section);
+    // Who is hurt comes first: it is what someone paged for DNS failures looks for.
+    $("#devices").before(section);
   }
   const table = el("table");
   const head = el("tr");
@@ -198,7 +199,7 @@ async function dnsClients() {
   for (const c of dns.report.clients.slice(0, 10)) {
     const a = c.amplification;
     const row = el("tr", { class: a && a.factor >= 2 ? "warm" : "" });
-    row.append(el("td", {}, c.client), el("td", {}, fmt(c.qps_1m)), el("td", {}, Math.round(c.nxdomain_ratio * 100) + " %"),
+    row.append(el("td", {}, c.pod ? `${c.client} (${c.pod.namespace}/${c.pod.pod})` : c.client), el("td", {}, fmt(c.qps_1m)), el("td", {}, Math.round(c.nxdomain_ratio * 100) + " %"),
       el("td", {}, a ? `x${a.factor} (ndots:${a.recommended_ndots} saves ${a.would_save})` : "—"),
       el("td", {}, c.top_names.slice(0, 3).map((n) => n[0]).join(", ")));
     table.append(row);

@@ -273,4 +273,9 @@ fn clients_are_counted_under_their_pods_workload() {
     assert_eq!(&*web.0 .0, "shop");
     assert_eq!(web.1.queries[Upstream::Nodelocal.index()], 1);
     assert_eq!(family(&t, "").queries[Upstream::Nodelocal.index()], 1, "not a pod: the node");
+    // The report names each client's pod (it used to leave `pod` empty).
+    let report = stats.report(1_000);
+    let pod = |client: &str| report.clients.iter().find(|c| c.client == client).unwrap().pod.clone();
+    assert_eq!(pod("10.0.1.5").map(|p| p.pod), Some("web-7d9f-abcde".to_owned()));
+    assert_eq!(pod("10.0.0.99"), None);
 }
