@@ -98,7 +98,13 @@ fn dns_lines(dns: Option<&Arc<Mutex<DnsStats>>>) -> Vec<String> {
         let amp = c.amplification.as_ref().map_or_else(String::new, |a| {
             format!("x{} (ndots:{} saves {})", a.factor, a.recommended_ndots, a.would_save)
         });
-        lines.push(format!("{:<39} {:>7.1}  {:>7.0}%  {amp}", c.client, c.qps_1m, c.nxdomain_ratio * 100.0));
+        // The client's pod when attribution knows it, cut to the column.
+        let who = c
+            .pod
+            .as_ref()
+            .map_or_else(|| c.client.clone(), |p| format!("{} {}/{}", c.client, p.namespace, p.pod));
+        let who: String = who.chars().take(39).collect();
+        lines.push(format!("{who:<39} {:>7.1}  {:>7.0}%  {amp}", c.qps_1m, c.nxdomain_ratio * 100.0));
     }
     lines
 }

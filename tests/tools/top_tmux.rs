@@ -102,3 +102,32 @@ fn top_prints_plain_tables_when_not_on_a_terminal() {
     assert!(text.contains("not throttled right now"), "{text}");
     assert!(!text.contains('\x1b'), "no escape sequences in plain output");
 }
+
+#[test]
+fn top_names_the_workloads_whose_lookups_failed_and_the_clients_pods() {
+    let dir = TempDir::new("top-dns");
+    // ens5 drops link-local packets from the start; web's lookups lost then time out after 5 s.
+    let scenario = dir.join("storm.yaml");
+    std::fs::write(
+        &scenario,
+        "description: test\nevents:\n  - kind: drops\n    allowance: linklocal\n    device: ens5\n    \
+         at: 0s\n    duration: 1h\n    rate: 500\ndns:\n  - {workload: shop/web, address: 10.0.1.15, \
+         upstream: cluster_dns, rate: 100}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["top", "--simulate", scenario.to_str().unwrap(), "--interval", "500ms", "--iterations", "18"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let frame = text.rsplit("enawatch top").next().unwrap();
+    let failing = frame
+        .lines()
+        .find(|l| l.trim_start().starts_with("LOOKUPS FAILING shop/web"))
+        .unwrap_or_else(|| panic!("{frame}"));
+    let words: Vec<&str> = failing.split_whitespace().collect();
+    let (failed, throttled) = (words[3].parse::<u64>().unwrap(), words[6].parse::<u64>().unwrap());
+    assert!(failed > 0 && throttled == failed, "every lost lookup was during throttling: {failing}");
+    assert!(frame.contains("10.0.1.15 shop/web-6d4cf56db6-15"), "the client is named by its pod:\n{frame}");
+}
