@@ -612,6 +612,24 @@ mod tests {
     }
 
     #[test]
+    fn lookups_survive_any_drop_rate_and_replay_at_most_a_minute_after_a_stall() {
+        let yaml = "description: d\nevents:\n - {kind: drops, allowance: linklocal, rate: 18446744073709551615, \
+                    at: 0s, duration: 1h}\ndns:\n - {workload: a/web, address: 10.0.0.1, upstream: vpc_resolver, rate: 100}\n";
+        let scenario = Scenario::parse(yaml, "x.yaml").unwrap();
+        let pods = Arc::new(Mutex::new(scenario.pods().unwrap()));
+        let settings = crate::config::Settings::default().resolve().unwrap().dns;
+        let dns = Arc::new(Mutex::new(DnsStats::new(settings, Some(pods))));
+        let mut sim = SimulatedSource::new(scenario).with_dns(Arc::clone(&dns));
+        let start = 1_790_000_000_000;
+        sim.sample(start);
+        // Suspended for an hour: the next sample plays the last minute of lookups.
+        sim.sample(start + 3_600_000);
+        let report = dns.lock().unwrap().report(start + 3_600_000);
+        assert_eq!(report.queries, 6000);
+        assert!(report.responses < 10, "nearly everything is dropped: {} answered", report.responses);
+    }
+
+    #[test]
     fn bad_scenarios_say_what_and_where() {
         let err = |yaml: &str| Scenario::parse(yaml, "x.yaml").unwrap_err().to_string();
         assert!(err("description: d\ndevices: 5\n").contains("devices: 5 is not between 1 and 4"));

@@ -111,14 +111,19 @@ impl Lookups {
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, c) in scenario.lookups.iter().enumerate() {
             let due = per_ms(c.rate, u64::try_from(t).unwrap_or(0), 1000);
+            // After a stall (a suspended process), a minute of lookups at most, not all of them.
+            self.sent[i] = self.sent[i].max(due.saturating_sub(c.rate * 60));
             while self.sent[i] < due {
                 let k = self.sent[i];
                 self.sent[i] += 1;
-                let sent_ms = i64::try_from(k * 1000 / c.rate).unwrap_or(i64::MAX);
+                let sent_ms = i64::try_from(u128::from(k) * 1000 / u128::from(c.rate)).unwrap_or(i64::MAX);
                 let dropping = scenario.linklocal_dropping(0, sent_ms);
-                // The share EC2 drops, spread evenly (to within one lookup a burst).
-                let lost = dropping > 0
-                    && (k + 1) * dropping / (BUDGET + dropping) > k * dropping / (BUDGET + dropping);
+                // The share EC2 drops, spread evenly (to within one lookup a burst); wide, as a
+                // scenario's drop rate is any number.
+                let lost_by = |n: u64| {
+                    u128::from(n) * u128::from(dropping) / (u128::from(BUDGET) + u128::from(dropping))
+                };
+                let lost = dropping > 0 && lost_by(k + 1) > lost_by(k);
                 lookup(&mut stats, i, c, k, start_ms.saturating_add(sent_ms).saturating_mul(1_000_000), lost);
             }
         }
