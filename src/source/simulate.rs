@@ -580,13 +580,18 @@ mod tests {
         assert_eq!(value(&sample(25_500), 0, "pps_allowance_exceeded"), 0);
     }
 
-    #[test]
-    fn dns_storm_pods_lose_the_share_of_lookups_ec2_drops_and_it_is_throttling() {
-        let scenario = Scenario::load("dns-storm").unwrap();
+    /// A simulation of `scenario` playing its pods' lookups into an analysis set up as the
+    /// agent's defaults set it up, as `serve --simulate` does.
+    fn with_lookups(scenario: Scenario) -> (SimulatedSource, Arc<Mutex<DnsStats>>) {
         let pods = Arc::new(Mutex::new(scenario.pods().unwrap()));
         let settings = crate::config::Settings::default().resolve().unwrap().dns;
         let dns = Arc::new(Mutex::new(DnsStats::new(settings, Some(pods))));
-        let mut sim = SimulatedSource::new(scenario).with_dns(Arc::clone(&dns));
+        (SimulatedSource::new(scenario).with_dns(Arc::clone(&dns)), dns)
+    }
+
+    #[test]
+    fn dns_storm_pods_lose_the_share_of_lookups_ec2_drops_and_it_is_throttling() {
+        let (mut sim, dns) = with_lookups(Scenario::load("dns-storm").unwrap());
         let start = 1_790_000_000_000;
         // 20 s: the first burst (8-12 s, 350 dropped a second) and its timeouts (5 s) are in.
         let mut totals = None;
@@ -615,11 +620,7 @@ mod tests {
     fn lookups_survive_any_drop_rate_and_replay_at_most_a_minute_after_a_stall() {
         let yaml = "description: d\nevents:\n - {kind: drops, allowance: linklocal, rate: 18446744073709551615, \
                     at: 0s, duration: 1h}\ndns:\n - {workload: a/web, address: 10.0.0.1, upstream: vpc_resolver, rate: 100}\n";
-        let scenario = Scenario::parse(yaml, "x.yaml").unwrap();
-        let pods = Arc::new(Mutex::new(scenario.pods().unwrap()));
-        let settings = crate::config::Settings::default().resolve().unwrap().dns;
-        let dns = Arc::new(Mutex::new(DnsStats::new(settings, Some(pods))));
-        let mut sim = SimulatedSource::new(scenario).with_dns(Arc::clone(&dns));
+        let (mut sim, dns) = with_lookups(Scenario::parse(yaml, "x.yaml").unwrap());
         let start = 1_790_000_000_000;
         sim.sample(start);
         // Suspended for an hour: the next sample plays the last minute of lookups.
