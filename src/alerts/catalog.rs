@@ -192,6 +192,21 @@ pub(crate) const CONNTRACK_LOW: u64 = 10_000;
 /// ...held this long.
 pub(crate) const CONNTRACK_LOW_HOLD: Duration = Duration::from_secs(5 * 60);
 
+/// The alert on a workload whose DNS lookups fail.
+pub(crate) const DNS_FAILING_ALERT: &str = "DNSLookupsFailing";
+/// The alert on DNS lookups lost to link-local throttling.
+pub(crate) const DNS_THROTTLED_ALERT: &str = "DNSFailuresFromLinkLocalThrottling";
+/// The window of both DNS alerts.
+pub(crate) const DNS_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// `DNSLookupsFailing`: more than this share of a workload's lookups failed...
+pub(crate) const DNS_FAILING_RATIO: f64 = 0.05;
+/// ...and at least this many of them within the window (the throttling alert too: a handful
+/// of failures among few lookups is not an incident).
+pub(crate) const DNS_MIN_FAILURES: u64 = 10;
+/// Both DNS alerts hold as long as their window: a single burst of failures stays in the
+/// window for one window and so never fires, failures that recur or last do.
+pub(crate) const DNS_HOLD: Duration = Duration::from_secs(5 * 60);
+
 impl AllowanceAlert {
     /// The PromQL condition.
     pub fn expr(&self) -> String {

@@ -342,6 +342,8 @@ mod tests {
                 name,
                 severity: "warning",
                 device: Some("ens5".into()),
+                namespace: None,
+                workload: None,
                 allowance: Some(allowance),
                 state,
                 value: 12.0,

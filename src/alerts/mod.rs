@@ -53,6 +53,34 @@ pub enum Condition {
         /// Threshold.
         below: u64,
     },
+    /// More than `ratio` of a workload's DNS lookups, and at least `min_failures`, failed
+    /// within `window` (with the DNS analysis on).
+    DnsFailing {
+        /// Share of the workload's lookups.
+        ratio: f64,
+        /// Fewest failures.
+        min_failures: u64,
+        /// Look-back window.
+        window: Duration,
+    },
+    /// At least `min_failures` of the node's DNS lookups sent while the link-local allowance
+    /// was dropping packets failed within `window`.
+    DnsThrottled {
+        /// Fewest failures.
+        min_failures: u64,
+        /// Look-back window.
+        window: Duration,
+    },
+}
+
+impl Condition {
+    /// The window of a DNS condition.
+    fn dns_window(&self) -> Option<Duration> {
+        match self {
+            Self::DnsFailing { window, .. } | Self::DnsThrottled { window, .. } => Some(*window),
+            _ => None,
+        }
+    }
 }
 
 /// One local alerting rule.
@@ -74,7 +102,7 @@ pub struct LocalRule {
     pub impact: &'static str,
 }
 
-/// The default local rules: the shipped ENA alerts.
+/// The default local rules: the shipped ENA alerts, and the DNS alerts (with the DNS analysis).
 pub fn default_rules() -> Vec<LocalRule> {
     let mut out: Vec<LocalRule> = catalog::ALLOWANCE_ALERTS
         .iter()
@@ -112,6 +140,28 @@ pub fn default_rules() -> Vec<LocalRule> {
         keep_firing: Duration::ZERO,
         summary: "Conntrack headroom low",
         impact: "New connections will be dropped when the instance's conntrack allowance is exhausted.",
+    });
+    out.push(LocalRule {
+        name: catalog::DNS_FAILING_ALERT,
+        severity: Severity::Warning,
+        condition: Condition::DnsFailing {
+            ratio: catalog::DNS_FAILING_RATIO,
+            min_failures: catalog::DNS_MIN_FAILURES,
+            window: catalog::DNS_WINDOW,
+        },
+        hold: catalog::DNS_HOLD,
+        keep_firing: catalog::KEEP_FIRING,
+        summary: "DNS lookups are failing",
+        impact: "If DNSFailuresFromLinkLocalThrottling fires too, the failures are link-local drops.",
+    });
+    out.push(LocalRule {
+        name: catalog::DNS_THROTTLED_ALERT,
+        severity: Severity::Warning,
+        condition: Condition::DnsThrottled { min_failures: catalog::DNS_MIN_FAILURES, window: catalog::DNS_WINDOW },
+        hold: catalog::DNS_HOLD,
+        keep_firing: catalog::KEEP_FIRING,
+        summary: "DNS lookups fail: an ENI drops link-local packets",
+        impact: "EC2 dropped them on the way to the VPC resolver, over the ENI's 1024 packets/s link-local allowance.",
     });
     out
 }
@@ -167,6 +217,65 @@ pub struct Evaluator {
     throttling: BTreeMap<String, Throttling>,
     /// Scratch for the points a tick added, reused.
     new_points: Vec<Point>,
+    /// The DNS analysis's per-workload counts, a reading every [`DNS_STEP_MS`] as long as the
+    /// longest DNS window: what the DNS rules subtract from the latest counts.
+    dns: VecDeque<(i64, Vec<WorkloadCounts>)>,
+}
+
+/// How far apart the kept readings of the DNS counts are: a DNS window is this exact.
+const DNS_STEP_MS: i64 = 10_000;
+
+/// One workload's lookups, failures, and failures during throttling, since it got its slot.
+#[derive(Clone, Debug, PartialEq)]
+struct WorkloadCounts {
+    namespace: std::sync::Arc<str>,
+    workload: std::sync::Arc<str>,
+    counts: [u64; 3],
+}
+
+/// The counts of `totals`, by workload.
+fn workload_counts(totals: &crate::source::dns::families::Totals) -> Vec<WorkloadCounts> {
+    totals
+        .workloads
+        .iter()
+        .map(|((namespace, workload), c)| {
+            let failures = c.failures.iter().flatten().map(|[no, yes]| no + yes).sum();
+            let throttled = c.failures.iter().flatten().map(|[_, yes]| yes).sum();
+            WorkloadCounts {
+                namespace: namespace.clone(),
+                workload: workload.clone(),
+                counts: [c.queries.iter().sum(), failures, throttled],
+            }
+        })
+        .collect()
+}
+
+/// The newest kept reading at or before the start of a `window` ending `now`, else the oldest
+/// (the analysis has run for less than the window).
+fn dns_base(
+    readings: &VecDeque<(i64, Vec<WorkloadCounts>)>,
+    now: i64,
+    window: Duration,
+) -> Option<&[WorkloadCounts]> {
+    let since = now.saturating_sub(millis(window));
+    readings.iter().rev().find(|(at, _)| *at <= since).or(readings.front()).map(|(_, c)| c.as_slice())
+}
+
+/// `w`'s counts since `base` (a workload that got its slot since counts from zero).
+fn within(base: Option<&[WorkloadCounts]>, w: &WorkloadCounts) -> [u64; 3] {
+    let before = base
+        .and_then(|b| b.iter().find(|x| x.namespace == w.namespace && x.workload == w.workload))
+        .map_or([0; 3], |b| b.counts);
+    [0, 1, 2].map(|i| w.counts[i].saturating_sub(before[i]))
+}
+
+/// How the DNS alerts name a workload (as the Prometheus rules' annotations do).
+fn workload_name(namespace: &str, workload: &str) -> String {
+    if workload.is_empty() {
+        "pods without attribution".to_owned()
+    } else {
+        format!("{namespace}/{workload}")
+    }
 }
 
 /// What `throttled_seconds` needs of one device's history, maintained incrementally.
@@ -231,6 +340,7 @@ impl Evaluator {
             resolved: VecDeque::new(),
             throttling: BTreeMap::new(),
             new_points: Vec::new(),
+            dns: VecDeque::new(),
         }
     }
 
@@ -261,6 +371,20 @@ impl Evaluator {
                 snapshot.devices.iter().map(|d| d.device.name.as_str()).collect();
             self.throttling.retain(|name, _| names.contains(name.as_str()));
         }
+        let dns_now = snapshot.dns.as_deref().map(workload_counts);
+        if let Some(counts) = &dns_now {
+            if self.dns.back().is_none_or(|(at, _)| now - at >= DNS_STEP_MS) {
+                self.dns.push_back((now, counts.clone()));
+            }
+            let longest =
+                self.rules.iter().filter_map(|r| r.condition.dns_window()).max().unwrap_or_default();
+            // Keep one reading at or before the start of the longest window.
+            while self.dns.get(1).is_some_and(|(at, _)| *at <= now - millis(longest)) {
+                self.dns.pop_front();
+            }
+        } else {
+            self.dns.clear();
+        }
         // One lookup per device, not one per rule and device.
         let throttling: Vec<Option<&Throttling>> =
             snapshot.devices.iter().map(|d| self.throttling.get(&d.device.name)).collect();
@@ -288,9 +412,11 @@ impl Evaluator {
                         results.push(Evaluation {
                             rule: r,
                             device: Some(d.device.name.clone()),
+                            workload: None,
                             allowance: Some(allowance.label()),
                             value,
                             holds,
+                            text: None,
                         });
                     }
                 }
@@ -314,11 +440,62 @@ impl Evaluator {
                         results.push(Evaluation {
                             rule: r,
                             device: Some(d.device.name.clone()),
+                            workload: None,
                             allowance: Some("linklocal"),
                             value,
                             holds,
+                            text: None,
                         });
                     }
+                }
+                Condition::DnsFailing { ratio, min_failures, window } => {
+                    let Some(counts) = &dns_now else { continue };
+                    let base = dns_base(&self.dns, now, *window);
+                    for w in counts {
+                        let [queries, failures, _] = within(base, w);
+                        let share = if queries == 0 { 0.0 } else { failures as f64 / queries as f64 };
+                        let holds = share > *ratio && failures >= *min_failures;
+                        let subject = (w.namespace.to_string(), w.workload.to_string());
+                        let name = workload_name(&subject.0, &subject.1);
+                        if !holds && !self.active.contains_key(&(r, Some(name.clone()))) {
+                            continue;
+                        }
+                        results.push(Evaluation {
+                            rule: r,
+                            device: None,
+                            workload: Some(subject),
+                            allowance: None,
+                            value: share,
+                            holds,
+                            text: Some(format!(
+                                "{:.1}% of the DNS lookups of {name} failed over the last {} ({failures} of \
+                                 {queries}: timeouts, SERVFAIL, REFUSED). {}",
+                                share * 100.0,
+                                HumanDuration(*window),
+                                rule.impact
+                            )),
+                        });
+                    }
+                }
+                Condition::DnsThrottled { min_failures, window } => {
+                    let Some(counts) = &dns_now else { continue };
+                    let base = dns_base(&self.dns, now, *window);
+                    let failures: u64 = counts.iter().map(|w| within(base, w)[2]).sum();
+                    results.push(Evaluation {
+                        rule: r,
+                        device: None,
+                        workload: None,
+                        allowance: None,
+                        value: failures as f64,
+                        holds: failures >= *min_failures,
+                        text: Some(format!(
+                            "{failures} DNS lookups sent from this node in the last {} failed while the \
+                             link-local allowance was dropping packets: {} The page and /api/v1/dns show \
+                             which workloads.",
+                            HumanDuration(*window),
+                            rule.impact
+                        )),
+                    });
                 }
                 Condition::ConntrackBelow { below } => {
                     let min = snapshot
@@ -331,9 +508,11 @@ impl Evaluator {
                         results.push(Evaluation {
                             rule: r,
                             device: None,
+                            workload: None,
                             allowance: None,
                             value: min as f64,
                             holds: min < *below,
+                            text: None,
                         });
                     }
                 }
@@ -342,16 +521,19 @@ impl Evaluator {
 
         let mut transitions = Vec::new();
         let mut seen = Vec::new();
-        for Evaluation { rule: r, device, allowance, value, holds } in results {
-            let key = (r, device.clone());
+        for Evaluation { rule: r, device, workload, allowance, value, holds, text } in results {
+            // One alert per rule and device, or workload, or for the node.
+            let key = (r, device.clone().or_else(|| workload.as_ref().map(|(n, w)| workload_name(n, w))));
             seen.push(key.clone());
             let rule = &self.rules[r];
             if holds {
-                let alert =
-                    self.active.entry(key).or_insert_with(|| new_alert(rule, device, allowance, value, now));
+                let alert = self
+                    .active
+                    .entry(key)
+                    .or_insert_with(|| new_alert(rule, device, workload, allowance, value, now));
                 alert.value = value;
                 alert.last_true_ms = now;
-                alert.description = describe(rule, alert.device.as_deref(), value);
+                alert.description = text.unwrap_or_else(|| describe(rule, alert.device.as_deref(), value));
                 if alert.state == State::Pending && now - alert.active_ms >= millis(rule.hold) {
                     alert.state = State::Firing;
                     alert.firing_since = Some(rfc3339(now));
@@ -399,12 +581,16 @@ struct Evaluation {
     rule: usize,
     /// The device, for per-device rules.
     device: Option<String>,
+    /// The (namespace, workload), for per-workload rules.
+    workload: Option<(String, String)>,
     /// The allowance label, for allowance rules.
     allowance: Option<&'static str>,
-    /// The condition's value (throttled seconds, a rate, or headroom).
+    /// The condition's value (throttled seconds, a rate, a share, a count, or headroom).
     value: f64,
     /// Whether the condition holds.
     holds: bool,
+    /// The description, when the rule writes its own.
+    text: Option<String>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -414,6 +600,7 @@ fn millis(d: Duration) -> i64 {
 fn new_alert(
     rule: &LocalRule,
     device: Option<String>,
+    workload: Option<(String, String)>,
     allowance: Option<&'static str>,
     value: f64,
     now: i64,
@@ -421,13 +608,16 @@ fn new_alert(
     Alert {
         name: rule.name,
         severity: rule.severity.label(),
-        summary: match &device {
-            Some(d) => format!("{} on {d}", rule.summary),
-            None => rule.summary.to_owned(),
+        summary: match (&device, &workload) {
+            (Some(d), _) => format!("{} on {d}", rule.summary),
+            (None, Some((n, w))) => format!("{}: {}", rule.summary, workload_name(n, w)),
+            (None, None) => rule.summary.to_owned(),
         },
         description: describe(rule, device.as_deref(), value),
         runbook_url: format!("{}#{}", catalog::RUNBOOK_BASE, rule.name.to_lowercase()),
         device,
+        namespace: workload.as_ref().map(|(n, _)| n.clone()),
+        workload: workload.map(|(_, w)| w),
         allowance,
         state: State::Pending,
         value,

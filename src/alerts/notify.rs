@@ -294,7 +294,12 @@ impl Worker {
                 }
                 continue;
             };
-            let key = (t.alert.name.to_owned(), t.alert.severity.to_owned(), t.alert.device.clone());
+            // One alert per device, or per workload (whose namespace and name are both set).
+            let subject =
+                t.alert.device.clone().or_else(|| {
+                    Some(format!("{}/{}", t.alert.namespace.as_ref()?, t.alert.workload.as_ref()?))
+                });
+            let key = (t.alert.name.to_owned(), t.alert.severity.to_owned(), subject);
             if t.alert.state == State::Firing {
                 firing.insert(key, t.alert.clone());
             } else {
@@ -408,6 +413,11 @@ impl Worker {
                 if let Some(al) = a.allowance {
                     labels.insert("allowance", al.to_owned());
                 }
+                // As the Prometheus rule labels it (empty for lookups of no pod).
+                if let (Some(n), Some(w)) = (&a.namespace, &a.workload) {
+                    labels.insert("namespace", n.clone());
+                    labels.insert("workload", w.clone());
+                }
                 json!({
                     "labels": labels,
                     "annotations": {"summary": a.summary, "description": a.description, "runbook_url": a.runbook_url},
@@ -429,6 +439,10 @@ impl Worker {
             _ => ":warning:",
         };
         let device = a.device.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        let device = match (&a.namespace, &a.workload) {
+            (Some(n), Some(w)) => format!("{device} {}", super::workload_name(n, w)),
+            _ => device,
+        };
         json!({
             "text": format!(
                 "{emoji} *[{status}] {}* ({}) on node {}{device}\n{}\n<{}|Runbook>",

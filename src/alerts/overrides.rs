@@ -41,6 +41,9 @@ pub struct RuleOverride {
 /// Most entries of `alerts.rules`: several per shipped rule and severity, and then some.
 pub const MAX_OVERRIDES: usize = 64;
 
+/// The longest window of a DNS alert.
+const MAX_DNS_WINDOW: Duration = Duration::from_secs(3600);
+
 /// The default rules with `overrides` applied; errors name the override and its field.
 pub fn rules_with(overrides: &[RuleOverride]) -> Result<Vec<LocalRule>, ConfigError> {
     if overrides.len() > MAX_OVERRIDES {
@@ -98,6 +101,17 @@ pub fn rules_with(overrides: &[RuleOverride]) -> Result<Vec<LocalRule>, ConfigEr
                 Condition::LinkLocalBudget { window: w, .. } => {
                     if min.is_some() || o.below.is_some() {
                         return Err(bad("min_throttled/below", &o.alert, "do not apply to this alert"));
+                    }
+                    *w = window.unwrap_or(*w);
+                }
+                Condition::DnsFailing { window: w, .. } | Condition::DnsThrottled { window: w, .. } => {
+                    if min.is_some() || o.below.is_some() {
+                        return Err(bad("min_throttled/below", &o.alert, "do not apply to this alert"));
+                    }
+                    // The evaluator keeps a reading of the DNS counts every 10 s of the window.
+                    if window.is_some_and(|d| d > MAX_DNS_WINDOW) {
+                        let given = o.window.as_deref().unwrap_or_default();
+                        return Err(bad("window", given, "is longer than the 1h a DNS alert may look back"));
                     }
                     *w = window.unwrap_or(*w);
                 }

@@ -33,6 +33,29 @@ fn run(
     (seen, evaluator)
 }
 
+/// Like [`run`], with the scenario's pods' lookups played through a DNS analysis.
+fn run_with_lookups(yaml: &str, seconds: i64, rules: Vec<LocalRule>) -> (Vec<(i64, Alert)>, Evaluator) {
+    let scenario = Scenario::parse(yaml, "test").unwrap();
+    let pods = std::sync::Mutex::new(scenario.pods().unwrap());
+    let settings = crate::config::Settings::default().resolve().unwrap().dns;
+    let dns =
+        Arc::new(std::sync::Mutex::new(crate::source::dns::DnsStats::new(settings, Some(Arc::new(pods)))));
+    let store = Arc::new(Store::new(1000));
+    let sampling =
+        Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
+    let source = SimulatedSource::new(scenario).with_dns(dns);
+    let mut sampler = Sampler::new(Box::new(source), sampling, Arc::clone(&store));
+    let mut evaluator = Evaluator::new(rules);
+    let mut seen = Vec::new();
+    for s in 0..=seconds {
+        let snapshot = sampler.tick(T0 + s * 1000).unwrap();
+        for t in store.read_history(|h| evaluator.evaluate(&snapshot, h)) {
+            seen.push(((t.at_ms - T0) / 1000, t.alert));
+        }
+    }
+    (seen, evaluator)
+}
+
 const SUSTAINED: &str = "description: t\ndevices: 2\nconntrack_available: 50000\nevents:\n  - kind: drops\n    \
                          allowance: linklocal\n    device: ens6\n    at: 10s\n    duration: 60s\n    rate: 100\n";
 
@@ -136,6 +159,43 @@ fn overrides_change_thresholds_and_durations() {
     assert!(seen.is_empty());
 }
 
+/// ens5 drops link-local packets from 10 s to 70 s, 500 a second over the budget: a third of
+/// web's lookups are lost then; batch looks nothing up while it lasts.
+const LOOKUPS_LOST: &str = "description: t\nevents:\n  - {kind: drops, allowance: linklocal, device: ens5, at: 10s, \
+     duration: 60s, rate: 500}\ndns:\n  - {workload: shop/web, address: 10.0.1.15, upstream: cluster_dns, rate: 20}\n";
+
+#[test]
+fn dns_alerts_fire_for_the_workload_whose_lookups_failed_and_for_the_throttling() {
+    let (seen, evaluator) = run_with_lookups(LOOKUPS_LOST, 700, default_rules());
+    let at = |name: &str, state: State| seen.iter().find(|(_, a)| a.name == name && a.state == state);
+    // Lost lookups time out 5 s after they were sent: 10 within the window by 17 s, pending
+    // from then, firing after the 5-minute hold.
+    let (fired, alert) = at(catalog::DNS_THROTTLED_ALERT, State::Firing).expect("the throttling alert fired");
+    assert!((315..=320).contains(fired), "fired at {fired}");
+    assert!(alert.value >= 10.0 && alert.device.is_none() && alert.workload.is_none(), "{alert:?}");
+    assert!(alert.description.contains("failed while the link-local allowance was dropping packets"));
+    let (fired, alert) = at(catalog::DNS_FAILING_ALERT, State::Firing).expect("web's alert fired");
+    assert!((310..=330).contains(fired), "fired at {fired}");
+    assert_eq!((alert.namespace.as_deref(), alert.workload.as_deref()), (Some("shop"), Some("web")));
+    assert_eq!(alert.summary, "DNS lookups are failing: shop/web");
+    assert!(
+        alert.description.contains("of the DNS lookups of shop/web failed over the last 5m"),
+        "{}",
+        alert.description
+    );
+    // The failures leave the window 5 minutes after the last (75 s), then keep_firing_for 5m.
+    let (resolved, _) = at(catalog::DNS_THROTTLED_ALERT, State::Resolved).expect("resolved");
+    assert!((670..=680).contains(resolved), "resolved at {resolved}");
+    let dns: Vec<Alert> = evaluator.alerts().into_iter().filter(|a| a.name.starts_with("DNS")).collect();
+    assert!(dns.len() == 2 && dns.iter().all(|a| a.state == State::Resolved), "{dns:?}");
+}
+
+#[test]
+fn without_the_dns_analysis_the_dns_alerts_stay_quiet() {
+    let (seen, _) = run(LOOKUPS_LOST, 400, default_rules());
+    assert!(seen.iter().all(|t| !t.1.starts_with("DNS")), "{seen:?}");
+}
+
 #[test]
 fn bad_overrides_name_the_entry_and_the_field() {
     let err = |o: RuleOverride| rules_with(&[o]).unwrap_err().to_string();
@@ -150,14 +210,20 @@ fn bad_overrides_name_the_entry_and_the_field() {
     let misplaced =
         err(RuleOverride { alert: "PPSAllowanceExceeded".into(), below: Some(3), ..RuleOverride::default() });
     assert!(misplaced.contains("applies to ConntrackAllowanceLow only"), "{misplaced}");
+    let long = err(RuleOverride {
+        alert: "DNSLookupsFailing".into(),
+        window: Some("2h".into()),
+        ..RuleOverride::default()
+    });
+    assert!(long.contains("[0] window: 2h\" is longer than the 1h a DNS alert may look back"), "{long}");
 }
 
 #[test]
 fn local_rules_are_the_shipped_rules() {
     // Same names, severities and parameters as the Prometheus rules (one definition): every
-    // allowance alert, then exactly the two headroom alerts, and nothing else.
+    // allowance alert, then exactly the two headroom alerts and the two DNS alerts.
     let local = default_rules();
-    assert_eq!(local.len(), catalog::ALLOWANCE_ALERTS.len() + 2, "{:?}", local.iter().map(|r| r.name));
+    assert_eq!(local.len(), catalog::ALLOWANCE_ALERTS.len() + 4, "{:?}", local.iter().map(|r| r.name));
     let shipped_names = crate::generate::rules::alert_names();
     for rule in &local {
         assert!(shipped_names.iter().any(|n| n == rule.name), "{} is not a shipped alert", rule.name);
@@ -174,6 +240,26 @@ fn local_rules_are_the_shipped_rules() {
     assert_eq!((conntrack.name, conntrack.severity), (catalog::CONNTRACK_LOW_ALERT, Severity::Warning));
     assert_eq!(conntrack.condition, Condition::ConntrackBelow { below: catalog::CONNTRACK_LOW });
     assert_eq!((conntrack.hold, conntrack.keep_firing), (catalog::CONNTRACK_LOW_HOLD, Duration::ZERO));
+    let (failing, throttled) = (&extra[2], &extra[3]);
+    assert_eq!((failing.name, throttled.name), (catalog::DNS_FAILING_ALERT, catalog::DNS_THROTTLED_ALERT));
+    assert_eq!(
+        failing.condition,
+        Condition::DnsFailing {
+            ratio: catalog::DNS_FAILING_RATIO,
+            min_failures: catalog::DNS_MIN_FAILURES,
+            window: catalog::DNS_WINDOW
+        }
+    );
+    assert_eq!(
+        throttled.condition,
+        Condition::DnsThrottled { min_failures: catalog::DNS_MIN_FAILURES, window: catalog::DNS_WINDOW }
+    );
+    for dns in [failing, throttled] {
+        assert_eq!(
+            (dns.severity, dns.hold, dns.keep_firing),
+            (Severity::Warning, catalog::DNS_HOLD, catalog::KEEP_FIRING)
+        );
+    }
     for (local, shipped) in allowance_rules.iter().zip(catalog::ALLOWANCE_ALERTS.iter()) {
         assert_eq!((local.name, local.severity), (shipped.name, shipped.severity));
         assert_eq!(local.hold, shipped.hold);

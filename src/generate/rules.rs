@@ -22,7 +22,8 @@ use serde::Serialize;
 
 use crate::alerts::catalog::{
     AllowanceAlert, Severity, ALLOWANCE_ALERTS, BUDGET_ALERT, BUDGET_HOLD, BUDGET_RATIO, BUDGET_WINDOW,
-    CONNTRACK_LOW, CONNTRACK_LOW_ALERT, CONNTRACK_LOW_HOLD, KEEP_FIRING, RUNBOOK_BASE,
+    CONNTRACK_LOW, CONNTRACK_LOW_ALERT, CONNTRACK_LOW_HOLD, DNS_FAILING_ALERT, DNS_FAILING_RATIO, DNS_HOLD,
+    DNS_MIN_FAILURES, DNS_THROTTLED_ALERT, DNS_WINDOW, KEEP_FIRING, RUNBOOK_BASE,
 };
 use crate::base::HumanDuration;
 
@@ -389,16 +390,6 @@ pub const DNS_FAILURES: &str = "enawatch:dns_failures:rate5m";
 pub const DNS_FAILURE_RATIO: &str = "enawatch:dns_failure_ratio:rate5m";
 /// 99th-percentile DNS response time per upstream, over the cluster's nodes.
 pub const DNS_P99: &str = "enawatch:dns_response_seconds:p99_5m";
-/// The window of the DNS recordings and alerts.
-const DNS_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// `DNSLookupsFailing`: more than this share of a workload's lookups failed...
-const DNS_FAILING_RATIO: f64 = 0.05;
-/// ...and at least this many of them within the window (the throttling alert too: a handful
-/// of failures among few lookups is not an incident).
-const DNS_MIN_FAILURES: u64 = 10;
-/// Both DNS alerts hold as long as their window: a single burst of failures stays in the
-/// window for one window and so never fires, failures that recur or last do.
-const DNS_HOLD: Duration = Duration::from_secs(5 * 60);
 /// How often the DNS group runs. Its rules read every DNS series of every node (about a hundred
 /// a node, against a dozen for the allowances), and what they compute moves on the scale of
 /// the 5-minute window and hold, not of a scrape: every 2 minutes costs a quarter of every
@@ -439,7 +430,7 @@ fn dns() -> Vec<Rule> {
             ),
         ),
         Rule::alert(
-            "DNSLookupsFailing",
+            DNS_FAILING_ALERT,
             format!(
                 "{DNS_FAILURE_RATIO} > {DNS_FAILING_RATIO} \
                  and on ({workload}) sum by ({workload}) ({DNS_FAILURES}) * {} >= {DNS_MIN_FAILURES}",
@@ -458,9 +449,9 @@ fn dns() -> Vec<Rule> {
                  DNSFailuresFromLinkLocalThrottling fires too, the failures are link-local drops."
             ),
         )
-        .runbook("DNSLookupsFailing"),
+        .runbook(DNS_FAILING_ALERT),
         Rule::alert(
-            "DNSFailuresFromLinkLocalThrottling",
+            DNS_THROTTLED_ALERT,
             format!(
                 "sum without (namespace, workload, throttled) ({DNS_FAILURES}{{throttled=\"true\"}}) * {} \
                  >= {DNS_MIN_FAILURES}",
@@ -480,7 +471,7 @@ fn dns() -> Vec<Rule> {
                  resolver. The DNS clients dashboard shows which workloads."
             ),
         )
-        .runbook("DNSFailuresFromLinkLocalThrottling"),
+        .runbook(DNS_THROTTLED_ALERT),
     ]
 }
 

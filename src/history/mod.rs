@@ -363,6 +363,12 @@ pub struct Alert {
     /// The device, for per-device alerts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The namespace of the workload, for per-workload alerts ("" for lookups of no pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The workload, for per-workload alerts ("" for lookups of no pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     /// The allowance, for allowance alerts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowance: Option<&'static str>,

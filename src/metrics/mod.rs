@@ -182,7 +182,7 @@ pub const NATIVE_FAMILIES: [Family; 27] = [
     family(
         "enawatch_alerts",
         Kind::Gauge,
-        "alertname, severity, alertstate, device (per-device alerts)",
+        "alertname, severity, alertstate, device (per-device alerts), namespace and workload (per-workload alerts)",
         "Local alerts that are pending or firing (1), as Prometheus's ALERTS.",
     ),
     family(
@@ -389,6 +389,9 @@ pub(crate) fn visit<S: Sink>(snapshot: &Snapshot, options: &Options, mut e: S) {
             vec![("alertname", a.name), ("severity", a.severity), ("alertstate", a.state.label())];
         if let Some(d) = &a.device {
             labels.push(("device", d));
+        }
+        if let (Some(n), Some(w)) = (&a.namespace, &a.workload) {
+            labels.extend([("namespace", n.as_str()), ("workload", w.as_str())]);
         }
         e.sample(name, &labels, Value::Int(1));
     }

@@ -130,23 +130,20 @@ fn a_receiver_down_for_a_while_gets_everything_once_in_order() {
     assert!(agent.log().contains("receiver reachable again"), "{}", agent.log());
 }
 
-#[test]
-fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook_port = listener.local_addr().unwrap().port();
-    let posts = receive(listener);
-    let dir = TempDir::new("am");
+/// A real Alertmanager (Debian) on 127.0.0.1 routing everything, grouped by `group_by`, to
+/// the webhook on `hook_port`; its address.
+fn alertmanager(dir: &TempDir, hook_port: u16, group_by: &str) -> (std::process::Child, String) {
     let am_port = free_port();
     let config = dir.join("alertmanager.yaml");
     std::fs::write(
         &config,
         format!(
-            "route:\n  receiver: hook\n  group_by: [alertname, device]\n  group_wait: 1s\n  group_interval: 1s\n\
+            "route:\n  receiver: hook\n  group_by: [{group_by}]\n  group_wait: 1s\n  group_interval: 1s\n\
              receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/am\n        send_resolved: true\n"
         ),
     )
     .unwrap();
-    let mut am = Command::new("prometheus-alertmanager")
+    let am = Command::new("prometheus-alertmanager")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
@@ -162,6 +159,16 @@ fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
         || http_get(&am_addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200).then_some(()),
         String::new,
     );
+    (am, am_addr)
+}
+
+#[test]
+fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    let posts = receive(listener);
+    let dir = TempDir::new("am");
+    let (mut am, am_addr) = alertmanager(&dir, hook_port, "alertname, device");
 
     let agent = agent(30, &format!("    - type: alertmanager\n      url: http://{am_addr}\n"));
     wait_until(
@@ -182,4 +189,52 @@ fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
     assert!(labels["node"].is_string());
     assert_eq!(body["status"], "firing");
     assert!(body["alerts"][0]["annotations"]["runbook_url"].as_str().unwrap().contains("runbooks.md#"));
+}
+
+/// The local DNS alert reaches Alertmanager with the workload's labels, as the Prometheus
+/// rule labels it: a pod whose lookups are lost while ens5 drops link-local packets.
+#[test]
+fn alertmanager_gets_the_failing_workloads_dns_alert_with_its_labels() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    let posts = receive(listener);
+    let dir = TempDir::new("am-dns");
+    let (mut am, am_addr) = alertmanager(&dir, hook_port, "alertname, namespace, workload");
+    let launch = Agent::launch(&["serve"]);
+    let scenario = launch.file(
+        "scenario.yaml",
+        "description: t\nevents:\n  - {kind: drops, allowance: linklocal, device: ens5, at: 1s, duration: 1h, rate: 500}\n\
+         dns:\n  - {workload: shop/web, address: 10.0.1.15, upstream: cluster_dns, rate: 50}\n",
+    );
+    let config = launch.file(
+        "enawatch.yaml",
+        &format!(
+            "alerts:\n  rules:\n    - alert: DNSLookupsFailing\n      for: 0s\n    - alert: LinkLocalAllowanceExceeded\n      \
+             enabled: false\n  receivers:\n    - type: alertmanager\n      url: http://{am_addr}\n"
+        ),
+    );
+    let agent = launch.arg("--simulate").arg(scenario).arg("--config").arg(config).spawn();
+    wait_until(
+        "Alertmanager's notification",
+        Duration::from_secs(40),
+        || posts.lock().unwrap().iter().any(|(p, _)| p == "/am").then_some(()),
+        || format!("; agent log:\n{}", agent.log()),
+    );
+    let _ = am.kill();
+    let _ = am.wait();
+    let body = json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1);
+    let labels = &body["alerts"][0]["labels"];
+    assert_eq!(labels["alertname"], "DNSLookupsFailing", "{body}");
+    assert_eq!(
+        (labels["namespace"].as_str(), labels["workload"].as_str()),
+        (Some("shop"), Some("web")),
+        "{body}"
+    );
+    assert!(labels.get("device").is_none(), "{body}");
+    let description = body["alerts"][0]["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("of the DNS lookups of shop/web failed"), "{description}");
+    assert_eq!(
+        agent.metric("enawatch_alerts{alertname=\"DNSLookupsFailing\",severity=\"warning\",alertstate=\"firing\",namespace=\"shop\",workload=\"web\"}"),
+        1.0
+    );
 }

@@ -35,10 +35,12 @@ fn chromium(dir: &TempDir, proxy: u16, size: &str, url: &str, output: &[&str]) -
 fn the_page_shows_live_charts_and_the_alert_banner() {
     let dir = TempDir::new("page");
     let config = dir.join("enawatch.yaml");
-    // The link-local warning made fast, so it fires within the first burst.
+    // The link-local warning and the DNS throttling alert made fast, so they fire within the
+    // first burst and its lost lookups' timeouts.
     std::fs::write(
         &config,
-        "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      min_throttled: 2s\n      for: 0s\n",
+        "alerts:\n  rules:\n    - alert: LinkLocalAllowanceExceeded\n      severity: warning\n      min_throttled: 2s\n      for: 0s\n    \
+         - alert: DNSFailuresFromLinkLocalThrottling\n      for: 0s\n",
     )
     .unwrap();
     let agent = Agent::launch(&["serve", "--simulate", "dns-storm", "--config"]).arg(&config).spawn();
@@ -81,6 +83,10 @@ fn the_page_shows_live_charts_and_the_alert_banner() {
     let dom = chromium(&dir, proxy_port, "1280,1600", &url, &["--dump-dom"]);
     assert!(dom.contains("id=\"banner\" class=\"firing\""), "the alert banner is shown:\n{dom}");
     assert!(dom.contains("LinkLocalAllowanceExceeded"), "{dom}");
+    assert!(
+        dom.contains("FIRING DNSFailuresFromLinkLocalThrottling"),
+        "the node's DNS alert, evaluated locally: {dom}"
+    );
     assert!(dom.contains("id=\"dev-ens5\"") && dom.contains("id=\"dev-ens6\""), "a card per device");
     let drawn: Vec<usize> =
         dom.split("data-points=\"").skip(1).filter_map(|s| s.split('"').next()?.parse().ok()).collect();

@@ -143,7 +143,8 @@ function banner(alerts) {
   b.replaceChildren(el("span", {}, (firing ? "Alerts firing" : "Alerts pending") + " on this node"));
   const list = el("ul");
   for (const a of active) {
-    const item = el("li", {}, `${a.state.toUpperCase()} ${a.name} (${a.severity})${a.device ? " on " + a.device : ""}: ${a.description} `);
+    const on = a.device ? " on " + a.device : a.workload !== undefined ? " for " + (a.workload ? `${a.namespace}/${a.workload}` : "pods without attribution") : "";
+    const item = el("li", {}, `${a.state.toUpperCase()} ${a.name} (${a.severity})${on}: ${a.description} `);
     const link = el("a", { href: a.runbook_url, style: "color:#fff" }, "runbook");
     item.append(link);
     list.append(item);
