@@ -162,6 +162,19 @@ fn alertmanager(dir: &TempDir, hook_port: u16, group_by: &str) -> (std::process:
     (am, am_addr)
 }
 
+/// The first notification Alertmanager routed to the webhook; stops Alertmanager.
+fn routed(posts: &Posts, am: &mut std::process::Child, agent: &Agent) -> serde_json::Value {
+    wait_until(
+        "Alertmanager's notification",
+        Duration::from_secs(40),
+        || posts.lock().unwrap().iter().any(|(p, _)| p == "/am").then_some(()),
+        || format!("; agent log:\n{}", agent.log()),
+    );
+    let _ = am.kill();
+    let _ = am.wait();
+    json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1)
+}
+
 #[test]
 fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -171,15 +184,7 @@ fn alertmanager_receives_through_its_v2_api_and_routes_to_its_webhook() {
     let (mut am, am_addr) = alertmanager(&dir, hook_port, "alertname, device");
 
     let agent = agent(30, &format!("    - type: alertmanager\n      url: http://{am_addr}\n"));
-    wait_until(
-        "Alertmanager's notification",
-        Duration::from_secs(40),
-        || posts.lock().unwrap().iter().any(|(p, _)| p == "/am").then_some(()),
-        || format!("; agent log:\n{}", agent.log()),
-    );
-    let _ = am.kill();
-    let _ = am.wait();
-    let body = json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1);
+    let body = routed(&posts, &mut am, &agent);
     let labels = &body["alerts"][0]["labels"];
     assert_eq!(labels["alertname"], "LinkLocalAllowanceExceeded");
     assert_eq!(
@@ -214,15 +219,7 @@ fn alertmanager_gets_the_failing_workloads_dns_alert_with_its_labels() {
         ),
     );
     let agent = launch.arg("--simulate").arg(scenario).arg("--config").arg(config).spawn();
-    wait_until(
-        "Alertmanager's notification",
-        Duration::from_secs(40),
-        || posts.lock().unwrap().iter().any(|(p, _)| p == "/am").then_some(()),
-        || format!("; agent log:\n{}", agent.log()),
-    );
-    let _ = am.kill();
-    let _ = am.wait();
-    let body = json(&posts.lock().unwrap().iter().find(|(p, _)| p == "/am").unwrap().1);
+    let body = routed(&posts, &mut am, &agent);
     let labels = &body["alerts"][0]["labels"];
     assert_eq!(labels["alertname"], "DNSLookupsFailing", "{body}");
     assert_eq!(
