@@ -220,6 +220,8 @@ pub struct Evaluator {
     /// The DNS analysis's per-workload counts, a reading every [`DNS_STEP_MS`] as long as the
     /// longest DNS window: what the DNS rules subtract from the latest counts.
     dns: VecDeque<(i64, Vec<WorkloadCounts>)>,
+    /// The longest window of the DNS rules, in milliseconds.
+    dns_window_ms: i64,
 }
 
 /// How far apart the kept readings of the DNS counts are: a DNS window is this exact.
@@ -334,7 +336,9 @@ impl Throttling {
 impl Evaluator {
     /// An evaluator of `rules`.
     pub fn new(rules: Vec<LocalRule>) -> Self {
+        let dns_window = rules.iter().filter_map(|r| r.condition.dns_window()).max().unwrap_or_default();
         Self {
+            dns_window_ms: millis(dns_window),
             rules,
             active: BTreeMap::new(),
             resolved: VecDeque::new(),
@@ -376,10 +380,8 @@ impl Evaluator {
             if self.dns.back().is_none_or(|(at, _)| now - at >= DNS_STEP_MS) {
                 self.dns.push_back((now, counts.clone()));
             }
-            let longest =
-                self.rules.iter().filter_map(|r| r.condition.dns_window()).max().unwrap_or_default();
             // Keep one reading at or before the start of the longest window.
-            while self.dns.get(1).is_some_and(|(at, _)| *at <= now - millis(longest)) {
+            while self.dns.get(1).is_some_and(|(at, _)| *at <= now - self.dns_window_ms) {
                 self.dns.pop_front();
             }
         } else {
@@ -416,7 +418,7 @@ impl Evaluator {
                             allowance: Some(allowance.label()),
                             value,
                             holds,
-                            text: None,
+                            lookups: [0; 2],
                         });
                     }
                 }
@@ -444,7 +446,7 @@ impl Evaluator {
                             allowance: Some("linklocal"),
                             value,
                             holds,
-                            text: None,
+                            lookups: [0; 2],
                         });
                     }
                 }
@@ -455,25 +457,24 @@ impl Evaluator {
                         let [queries, failures, _] = within(base, w);
                         let share = if queries == 0 { 0.0 } else { failures as f64 / queries as f64 };
                         let holds = share > *ratio && failures >= *min_failures;
-                        let subject = (w.namespace.to_string(), w.workload.to_string());
-                        let name = workload_name(&subject.0, &subject.1);
-                        if !holds && !self.active.contains_key(&(r, Some(name.clone()))) {
+                        // A workload neither failing nor alerting (the usual case) costs no name.
+                        let alerting = || {
+                            !self.active.is_empty()
+                                && self
+                                    .active
+                                    .contains_key(&(r, Some(workload_name(&w.namespace, &w.workload))))
+                        };
+                        if !holds && !alerting() {
                             continue;
                         }
                         results.push(Evaluation {
                             rule: r,
                             device: None,
-                            workload: Some(subject),
+                            workload: Some((w.namespace.to_string(), w.workload.to_string())),
                             allowance: None,
                             value: share,
                             holds,
-                            text: Some(format!(
-                                "{:.1}% of the DNS lookups of {name} failed over the last {} ({failures} of \
-                                 {queries}: timeouts, SERVFAIL, REFUSED). {}",
-                                share * 100.0,
-                                HumanDuration(*window),
-                                rule.impact
-                            )),
+                            lookups: [failures, queries],
                         });
                     }
                 }
@@ -481,20 +482,18 @@ impl Evaluator {
                     let Some(counts) = &dns_now else { continue };
                     let base = dns_base(&self.dns, now, *window);
                     let failures: u64 = counts.iter().map(|w| within(base, w)[2]).sum();
+                    let holds = failures >= *min_failures;
+                    if !holds && !self.active.contains_key(&(r, None)) {
+                        continue;
+                    }
                     results.push(Evaluation {
                         rule: r,
                         device: None,
                         workload: None,
                         allowance: None,
                         value: failures as f64,
-                        holds: failures >= *min_failures,
-                        text: Some(format!(
-                            "{failures} DNS lookups sent from this node in the last {} failed while the \
-                             link-local allowance was dropping packets: {} The page and /api/v1/dns show \
-                             which workloads.",
-                            HumanDuration(*window),
-                            rule.impact
-                        )),
+                        holds,
+                        lookups: [failures, 0],
                     });
                 }
                 Condition::ConntrackBelow { below } => {
@@ -512,7 +511,7 @@ impl Evaluator {
                             allowance: None,
                             value: min as f64,
                             holds: min < *below,
-                            text: None,
+                            lookups: [0; 2],
                         });
                     }
                 }
@@ -521,7 +520,7 @@ impl Evaluator {
 
         let mut transitions = Vec::new();
         let mut seen = Vec::new();
-        for Evaluation { rule: r, device, workload, allowance, value, holds, text } in results {
+        for Evaluation { rule: r, device, workload, allowance, value, holds, lookups } in results {
             // One alert per rule and device, or workload, or for the node.
             let key = (r, device.clone().or_else(|| workload.as_ref().map(|(n, w)| workload_name(n, w))));
             seen.push(key.clone());
@@ -533,7 +532,7 @@ impl Evaluator {
                     .or_insert_with(|| new_alert(rule, device, workload, allowance, value, now));
                 alert.value = value;
                 alert.last_true_ms = now;
-                alert.description = text.unwrap_or_else(|| describe(rule, alert.device.as_deref(), value));
+                alert.description = describe(rule, alert, lookups);
                 if alert.state == State::Pending && now - alert.active_ms >= millis(rule.hold) {
                     alert.state = State::Firing;
                     alert.firing_since = Some(rfc3339(now));
@@ -589,8 +588,8 @@ struct Evaluation {
     value: f64,
     /// Whether the condition holds.
     holds: bool,
-    /// The description, when the rule writes its own.
-    text: Option<String>,
+    /// For the DNS rules: the lookups that failed, and all lookups (`DNSLookupsFailing`).
+    lookups: [u64; 2],
 }
 
 fn millis(d: Duration) -> i64 {
@@ -613,7 +612,8 @@ fn new_alert(
             (None, Some((n, w))) => format!("{}: {}", rule.summary, workload_name(n, w)),
             (None, None) => rule.summary.to_owned(),
         },
-        description: describe(rule, device.as_deref(), value),
+        // Written by the caller, which describes the alert every tick it holds.
+        description: String::new(),
         runbook_url: format!("{}#{}", catalog::RUNBOOK_BASE, rule.name.to_lowercase()),
         device,
         namespace: workload.as_ref().map(|(n, _)| n.clone()),
@@ -629,8 +629,30 @@ fn new_alert(
     }
 }
 
-fn describe(rule: &LocalRule, device: Option<&str>, value: f64) -> String {
-    match (&rule.condition, device) {
+/// What `alert` (of `rule`, its value up to date) says is happening; `lookups` as in
+/// [`Evaluation`].
+fn describe(rule: &LocalRule, alert: &Alert, [failures, queries]: [u64; 2]) -> String {
+    let value = alert.value;
+    match (&rule.condition, alert.device.as_deref()) {
+        (Condition::DnsFailing { window, .. }, _) => {
+            let name = workload_name(
+                alert.namespace.as_deref().unwrap_or_default(),
+                alert.workload.as_deref().unwrap_or_default(),
+            );
+            format!(
+                "{:.1}% of the DNS lookups of {name} failed over the last {} ({failures} of {queries}: \
+                 timeouts, SERVFAIL, REFUSED). {}",
+                value * 100.0,
+                HumanDuration(*window),
+                rule.impact
+            )
+        }
+        (Condition::DnsThrottled { window, .. }, _) => format!(
+            "{failures} DNS lookups sent from this node in the last {} failed while the link-local \
+             allowance was dropping packets: {} The page and /api/v1/dns show which workloads.",
+            HumanDuration(*window),
+            rule.impact
+        ),
         (Condition::LinkLocalBudget { window, .. }, Some(d)) => format!(
             "The busiest seconds of {d} in the last {} sent {value} packets per second to link-local \
              services, more than 80% of the 1024/s budget. {}",

@@ -279,7 +279,9 @@ impl Worker {
 
     async fn run(self, queue: Arc<Queue>) {
         // Alertmanager forgets alerts it stops hearing about: firing ones are posted again.
-        let mut firing: BTreeMap<(String, String, Option<String>), Alert> = BTreeMap::new();
+        // By alert, severity and subject: a device, or a workload (namespace, name).
+        type Key = (String, String, Option<String>, Option<(String, String)>);
+        let mut firing: BTreeMap<Key, Alert> = BTreeMap::new();
         let mut resend = tokio::time::interval(AM_RESEND);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -294,12 +296,9 @@ impl Worker {
                 }
                 continue;
             };
-            // One alert per device, or per workload (whose namespace and name are both set).
-            let subject =
-                t.alert.device.clone().or_else(|| {
-                    Some(format!("{}/{}", t.alert.namespace.as_ref()?, t.alert.workload.as_ref()?))
-                });
-            let key = (t.alert.name.to_owned(), t.alert.severity.to_owned(), subject);
+            let a = &t.alert;
+            let workload = a.namespace.clone().zip(a.workload.clone());
+            let key = (a.name.to_owned(), a.severity.to_owned(), a.device.clone(), workload);
             if t.alert.state == State::Firing {
                 firing.insert(key, t.alert.clone());
             } else {
