@@ -462,27 +462,27 @@ impl Settings {
         &self,
         resolvers: &[std::net::Ipv4Addr],
     ) -> Result<crate::source::dns::Settings, ConfigError> {
-        use crate::source::dns::families::Upstreams;
-        let addresses = |field: &'static str, list: &Option<Vec<String>>, default: &[&str]| {
-            let given: Vec<&str> =
-                list.as_ref().map_or_else(|| default.to_vec(), |l| l.iter().map(String::as_str).collect());
+        use std::net::IpAddr;
+
+        use crate::source::dns::families::{
+            Upstreams, CLUSTER_DNS_DEFAULT, NODELOCAL_DEFAULT, VPC_RESOLVER, VPC_RESOLVER_V6,
+        };
+        let addresses = |field: &'static str, list: &Option<Vec<String>>, default: &[std::net::Ipv4Addr]| {
+            let Some(given) = list else { return Ok(default.iter().copied().map(IpAddr::V4).collect()) };
             if given.len() > MAX_DNS_ADDRESSES {
                 return Err(ConfigError::too_long(field, given.len(), "addresses", MAX_DNS_ADDRESSES));
             }
             given
                 .iter()
                 .map(|a| a.trim().parse().map_err(|_| invalid(field, Some(a), "is not an IP address")))
-                .collect::<Result<Vec<std::net::IpAddr>, _>>()
+                .collect::<Result<Vec<IpAddr>, _>>()
         };
-        let mut vpc_resolver: Vec<std::net::IpAddr> = vec![
-            "169.254.169.253".parse().expect("an address"),
-            "fd00:ec2::253".parse().expect("an address"),
-        ];
-        vpc_resolver.extend(resolvers.iter().map(|&a| std::net::IpAddr::V4(a)));
+        let mut vpc_resolver = vec![IpAddr::V4(VPC_RESOLVER), IpAddr::V6(VPC_RESOLVER_V6)];
+        vpc_resolver.extend(resolvers.iter().map(|&a| IpAddr::V4(a)));
         let upstreams = Upstreams {
             vpc_resolver,
-            nodelocal: addresses("nodelocal_dns", &self.nodelocal_dns, &["169.254.20.10"])?,
-            cluster_dns: addresses("cluster_dns", &self.cluster_dns, &["10.100.0.10", "172.20.0.10"])?,
+            nodelocal: addresses("nodelocal_dns", &self.nodelocal_dns, &[NODELOCAL_DEFAULT])?,
+            cluster_dns: addresses("cluster_dns", &self.cluster_dns, &CLUSTER_DNS_DEFAULT)?,
         };
         let timeout = duration("dns_timeout", self.dns_timeout.as_deref(), "5s")?;
         if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(60) {

@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-use self::lookups::{Client, Lookups, Resolver};
+use self::lookups::{Client, Lookups};
 use super::{Device, Reading, Sample, Schema, Source};
 use crate::base::allowance::{Allowance, CONNTRACK_AVAILABLE};
 use crate::base::parse_duration;
+use crate::source::dns::families::Upstream;
 use crate::source::dns::DnsStats;
 use crate::source::pods::{PodRef, Pods};
 
@@ -286,12 +287,15 @@ impl Scenario {
                 .ok_or_else(|| {
                     error(format!("dns[{i}].workload: {:?} is not namespace/name", spec.workload))
                 })?;
-            let resolver = Resolver::from_label(&spec.upstream).ok_or_else(|| {
-                error(format!(
-                    "dns[{i}].upstream: {:?} is not one of vpc_resolver, nodelocal, cluster_dns",
-                    spec.upstream
-                ))
-            })?;
+            let upstream = Upstream::ALL
+                .into_iter()
+                .find(|u| *u != Upstream::Other && u.label() == spec.upstream)
+                .ok_or_else(|| {
+                    error(format!(
+                        "dns[{i}].upstream: {:?} is not one of vpc_resolver, nodelocal, cluster_dns",
+                        spec.upstream
+                    ))
+                })?;
             if !(1..=MAX_LOOKUP_RATE).contains(&spec.rate) {
                 return Err(error(format!(
                     "dns[{i}].rate: {} is not between 1 and {MAX_LOOKUP_RATE}",
@@ -305,7 +309,7 @@ impl Scenario {
                 namespace: namespace.to_owned(),
                 workload: workload.to_owned(),
                 address: spec.address,
-                resolver,
+                upstream,
                 rate: spec.rate,
             });
         }

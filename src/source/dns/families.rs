@@ -19,7 +19,7 @@
 //! node may cost.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// Default number of workloads with series of their own.
@@ -103,6 +103,16 @@ impl Reason {
         }
     }
 }
+
+/// The VPC resolver's link-local address, in every VPC.
+pub const VPC_RESOLVER: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 253);
+/// Its IPv6 address (Nitro instances).
+pub const VPC_RESOLVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253);
+/// NodeLocal DNSCache's usual address (`nodelocal_dns` by default).
+pub const NODELOCAL_DEFAULT: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
+/// The kube-dns service address of an EKS cluster in either default service range
+/// (`cluster_dns` by default).
+pub const CLUSTER_DNS_DEFAULT: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 100, 0, 10), Ipv4Addr::new(172, 20, 0, 10)];
 
 /// Which upstream each destination address is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{per_ms, Scenario};
-use crate::source::dns::families::Totals;
+use crate::source::dns::families::{Totals, Upstream, CLUSTER_DNS_DEFAULT, NODELOCAL_DEFAULT, VPC_RESOLVER};
 use crate::source::dns::DnsStats;
 use crate::source::Reading;
 use crate::sys::packet::Frame;
@@ -29,43 +29,21 @@ const NAMES: [&str; 4] = [
     "s3.us-east-1.amazonaws.com",
 ];
 
-/// Where a simulated pod's lookups go: the agent's default address for each upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Resolver {
-    /// The VPC resolver, through the primary ENI (CoreDNS's forwards).
-    Vpc,
-    /// NodeLocal DNSCache on the node.
-    Nodelocal,
-    /// The kube-dns service.
-    ClusterDns,
+/// Where a simulated pod's lookups to `upstream` go: the agent's default address for it.
+fn server(upstream: Upstream) -> Ipv4Addr {
+    match upstream {
+        Upstream::VpcResolver => VPC_RESOLVER,
+        Upstream::Nodelocal => NODELOCAL_DEFAULT,
+        Upstream::ClusterDns | Upstream::Other => CLUSTER_DNS_DEFAULT[0],
+    }
 }
 
-impl Resolver {
-    /// By the upstream's label in `/metrics`.
-    pub(super) fn from_label(label: &str) -> Option<Self> {
-        match label {
-            "vpc_resolver" => Some(Self::Vpc),
-            "nodelocal" => Some(Self::Nodelocal),
-            "cluster_dns" => Some(Self::ClusterDns),
-            _ => None,
-        }
-    }
-
-    fn address(self) -> Ipv4Addr {
-        match self {
-            Self::Vpc => Ipv4Addr::new(169, 254, 169, 253),
-            Self::Nodelocal => Ipv4Addr::new(169, 254, 20, 10),
-            Self::ClusterDns => Ipv4Addr::new(10, 100, 0, 10),
-        }
-    }
-
-    /// How long an answer takes, in microseconds (varied by an eighth per lookup).
-    fn latency_us(self) -> u64 {
-        match self {
-            Self::Vpc => 1_200,
-            Self::Nodelocal => 300,
-            Self::ClusterDns => 2_000,
-        }
+/// How long `upstream` takes to answer, in microseconds (varied by an eighth per lookup).
+fn latency_us(upstream: Upstream) -> u64 {
+    match upstream {
+        Upstream::VpcResolver => 1_200,
+        Upstream::Nodelocal => 300,
+        Upstream::ClusterDns | Upstream::Other => 2_000,
     }
 }
 
@@ -75,7 +53,8 @@ pub(super) struct Client {
     pub namespace: String,
     pub workload: String,
     pub address: Ipv4Addr,
-    pub resolver: Resolver,
+    /// Where its lookups go (never `Other`: the scenario's parser takes the other three).
+    pub upstream: Upstream,
     /// Lookups a second.
     pub rate: u64,
 }
@@ -142,10 +121,10 @@ fn lookup(stats: &mut DnsStats, i: usize, c: &Client, k: u64, sent_ns: i64, lost
     let name = NAMES[(i + usize::try_from(k % 4).unwrap_or(0)) % NAMES.len()];
     let port = 32_768 + u16::try_from(k % 28_000).unwrap_or(0);
     let id = u16::try_from(k & 0xffff).unwrap_or(0);
-    let server = c.resolver.address();
+    let server = server(c.upstream);
     // CoreDNS's forwards are seen leaving the primary ENI (which ties them to its drops);
     // a pod's lookups on its veth.
-    let (ifindex, outgoing) = if c.resolver == Resolver::Vpc {
+    let (ifindex, outgoing) = if c.upstream == Upstream::VpcResolver {
         (ifindex(0), true)
     } else {
         (100 + u32::try_from(i).unwrap_or(0), false)
@@ -153,7 +132,7 @@ fn lookup(stats: &mut DnsStats, i: usize, c: &Client, k: u64, sent_ns: i64, lost
     let query = datagram((c.address, port), (server, 53), id, name, None);
     stats.ingest(Frame { data: &query, ifindex, outgoing, at_ns: sent_ns });
     if !lost {
-        let latency_us = c.resolver.latency_us() * (8 + k % 8) / 8;
+        let latency_us = latency_us(c.upstream) * (8 + k % 8) / 8;
         let answer = datagram((server, 53), (c.address, port), id, name, Some(0));
         let at_ns = sent_ns.saturating_add(i64::try_from(latency_us * 1000).unwrap_or(0));
         stats.ingest(Frame { data: &answer, ifindex, outgoing: !outgoing, at_ns });
