@@ -17,34 +17,28 @@ fn run(
     seconds: i64,
     rules: Vec<LocalRule>,
 ) -> (Vec<(i64, &'static str, &'static str, State)>, Evaluator) {
-    let scenario = Scenario::parse(yaml, "test").unwrap();
+    let source = SimulatedSource::new(Scenario::parse(yaml, "test").unwrap());
+    let (seen, evaluator) = run_source(source, seconds, rules);
+    (seen.into_iter().map(|(s, a)| (s, a.name, a.severity, a.state)).collect(), evaluator)
+}
+
+/// Like [`run`], with the scenario's pods' lookups played through a DNS analysis; the
+/// transitions' alerts whole.
+fn run_with_lookups(yaml: &str, seconds: i64, rules: Vec<LocalRule>) -> (Vec<(i64, Alert)>, Evaluator) {
+    let settings = crate::config::Settings::default().resolve().unwrap().dns;
+    let (source, _) = SimulatedSource::with_lookups(Scenario::parse(yaml, "test").unwrap(), settings);
+    run_source(source, seconds, rules)
+}
+
+fn run_source(
+    source: SimulatedSource,
+    seconds: i64,
+    rules: Vec<LocalRule>,
+) -> (Vec<(i64, Alert)>, Evaluator) {
     let store = Arc::new(Store::new(1000));
     let settings =
         Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
-    let mut sampler = Sampler::new(Box::new(SimulatedSource::new(scenario)), settings, Arc::clone(&store));
-    let mut evaluator = Evaluator::new(rules);
-    let mut seen = Vec::new();
-    for s in 0..=seconds {
-        let snapshot = sampler.tick(T0 + s * 1000).unwrap();
-        for t in store.read_history(|h| evaluator.evaluate(&snapshot, h)) {
-            seen.push(((t.at_ms - T0) / 1000, t.alert.name, t.alert.severity, t.alert.state));
-        }
-    }
-    (seen, evaluator)
-}
-
-/// Like [`run`], with the scenario's pods' lookups played through a DNS analysis.
-fn run_with_lookups(yaml: &str, seconds: i64, rules: Vec<LocalRule>) -> (Vec<(i64, Alert)>, Evaluator) {
-    let scenario = Scenario::parse(yaml, "test").unwrap();
-    let pods = std::sync::Mutex::new(scenario.pods().unwrap());
-    let settings = crate::config::Settings::default().resolve().unwrap().dns;
-    let dns =
-        Arc::new(std::sync::Mutex::new(crate::source::dns::DnsStats::new(settings, Some(Arc::new(pods)))));
-    let store = Arc::new(Store::new(1000));
-    let sampling =
-        Settings { interval: Duration::from_secs(1), compat_stats: None, forget_after_ms: 900_000 };
-    let source = SimulatedSource::new(scenario).with_dns(dns);
-    let mut sampler = Sampler::new(Box::new(source), sampling, Arc::clone(&store));
+    let mut sampler = Sampler::new(Box::new(source), settings, Arc::clone(&store));
     let mut evaluator = Evaluator::new(rules);
     let mut seen = Vec::new();
     for s in 0..=seconds {

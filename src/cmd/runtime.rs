@@ -55,13 +55,8 @@ pub(crate) fn build_source(args: &SourceArgs, config: &Config) -> Result<Chosen,
     if let Some(name) = &args.simulate {
         let scenario = Scenario::load(name).map_err(Failure::bad)?;
         // The scenario's pods and their lookups, through the agent's own DNS analysis.
-        let pods = scenario.pods().map(|p| Arc::new(Mutex::new(p)));
-        let mut source = SimulatedSource::new(scenario);
-        let dns =
-            pods.as_ref().map(|p| Arc::new(Mutex::new(DnsStats::new(config.dns.clone(), Some(p.clone())))));
-        if let Some(dns) = &dns {
-            source = source.with_dns(Arc::clone(dns));
-        }
+        let (source, analysis) = SimulatedSource::with_lookups(scenario, config.dns.clone());
+        let (dns, pods) = analysis.unzip();
         return Ok(Chosen { source: Box::new(source), what: format!("simulation {name}"), dns, pods });
     }
     let pods = config.pod_attribution.then(|| Arc::new(Mutex::new(Pods::default())));

@@ -19,7 +19,7 @@ use super::{Device, Reading, Sample, Schema, Source};
 use crate::base::allowance::{Allowance, CONNTRACK_AVAILABLE};
 use crate::base::parse_duration;
 use crate::source::dns::families::Upstream;
-use crate::source::dns::DnsStats;
+use crate::source::dns::{self, DnsStats};
 use crate::source::pods::{PodRef, Pods};
 
 mod lookups;
@@ -317,7 +317,7 @@ impl Scenario {
     }
 
     /// The pods whose lookups the scenario plays, by address; `None` if it plays none.
-    pub fn pods(&self) -> Option<Pods> {
+    fn pods(&self) -> Option<Pods> {
         if self.lookups.is_empty() {
             return None;
         }
@@ -428,6 +428,9 @@ fn per_ms(rate: u64, ms: u64, per: u64) -> u64 {
     u64::try_from(u128::from(rate) * u128::from(ms) / u128::from(per)).unwrap_or(u64::MAX)
 }
 
+/// A DNS analysis a simulation plays lookups into, and the pods it attributes them to.
+pub type Analysis = (Arc<Mutex<DnsStats>>, Arc<Mutex<Pods>>);
+
 /// Plays a scenario in real time.
 pub struct SimulatedSource {
     scenario: Scenario,
@@ -467,12 +470,16 @@ impl SimulatedSource {
         Self { scenario, devices, baseline, start_ms: None, last_t: None, lookups: None }
     }
 
-    /// Plays the scenario's DNS lookups (see [`Scenario::pods`]) into `dns` as the samples
-    /// are taken.
-    #[must_use]
-    pub fn with_dns(mut self, dns: Arc<Mutex<DnsStats>>) -> Self {
-        self.lookups = Some(Lookups::new(dns, &self.scenario));
-        self
+    /// A simulation of `scenario` that plays its pods' lookups, if it has any, into a DNS
+    /// analysis set up by `settings` as the samples are taken (what `serve --simulate` runs):
+    /// the source, and the analysis with the pods it knows.
+    pub fn with_lookups(scenario: Scenario, settings: dns::Settings) -> (Self, Option<Analysis>) {
+        let Some(pods) = scenario.pods() else { return (Self::new(scenario), None) };
+        let pods = Arc::new(Mutex::new(pods));
+        let analysis = Arc::new(Mutex::new(DnsStats::new(settings, Some(Arc::clone(&pods)))));
+        let mut source = Self::new(scenario);
+        source.lookups = Some(Lookups::new(Arc::clone(&analysis), &source.scenario));
+        (source, Some((analysis, pods)))
     }
 
     /// The values of every device `t` ms into the simulation, as a sample at `at_ms`
@@ -587,10 +594,9 @@ mod tests {
     /// A simulation of `scenario` playing its pods' lookups into an analysis set up as the
     /// agent's defaults set it up, as `serve --simulate` does.
     fn with_lookups(scenario: Scenario) -> (SimulatedSource, Arc<Mutex<DnsStats>>) {
-        let pods = Arc::new(Mutex::new(scenario.pods().unwrap()));
         let settings = crate::config::Settings::default().resolve().unwrap().dns;
-        let dns = Arc::new(Mutex::new(DnsStats::new(settings, Some(pods))));
-        (SimulatedSource::new(scenario).with_dns(Arc::clone(&dns)), dns)
+        let (source, analysis) = SimulatedSource::with_lookups(scenario, settings);
+        (source, analysis.unwrap().0)
     }
 
     #[test]
